@@ -1,0 +1,275 @@
+"""The Poisson Midpoint Method (PMM) update, written once for numpy and torch.
+
+This module is the single implementation of the PMM step that every sampler in
+the package calls: the PyMC step methods (:mod:`pmm_pymc.steps`), the torch
+Langevin sampler and the diffusion sampler. It imports nothing else from the
+package and keeps no state: :func:`pmm_step` is a pure function of the current
+point, its cached drift, the noise, the fired midpoints and the coefficients.
+
+The fine chain
+--------------
+PMM approximates ``K`` sub-steps of an affine chain
+
+.. math::
+
+    x_{i+1} = a_i x_i + g_i\\, b(x_i, \\tau_i) + s_i z_i, \\qquad i = 0, \\dots, K-1,
+
+by one block. The drift is frozen at ``b0 = b(x_0, tau_0)`` for the rollout
+through the block (no drift calls), which gives the midpoints ``x̂_i`` and the
+frozen-drift endpoint ``x̂_K``. Each midpoint ``i >= 1`` fires with probability
+``1/K``; at each fired midpoint the drift ``b_i = b(x̂_i, tau_i)`` is evaluated
+and the endpoint receives the correction
+
+.. math::
+
+    \\Big(\\prod_{r > i} a_r\\Big)\\, g_i\\, K\\, (b_i - b_0).
+
+Langevin Monte Carlo with step size ``eta`` and diagonal preconditioner
+``M^{-1}`` is ``a_i = 1``, ``g_i = eta/K``, ``s_i = sqrt(2 eta/K)`` with the
+noise ``z_i = M^{-1/2} Z_i`` and drift ``b = M^{-1} grad logp``
+(:func:`langevin_chain`). With ``K = 1`` nothing can fire and the block is one
+Euler-Maruyama (LMC) step.
+
+Conventions
+-----------
+* ``x`` has a leading batch axis: shape ``(B, *event)``. A single chain is
+  ``B = 1``.
+* ``noise[i]`` has the shape of ``x``; ``noise`` may be an array of shape
+  ``(K, B, *event)`` or any object indexable by the sub-step (for drawing the
+  noise lazily, one sub-step at a time).
+* ``fired[i]`` is an integer index array (in the namespace and on the device of
+  ``x``) of the batch members whose midpoint ``i`` fires, or ``None``.
+  ``fired[0]`` must be ``None`` or empty: the midpoint ``i = 0`` is ``x``
+  itself, where the drift is already known.
+* The random numbers are drawn by the caller, so that the caller owns the
+  generator (a :class:`numpy.random.Generator`, a :class:`torch.Generator`, or
+  one per batch member) and this module stays deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from array_api_compat import array_namespace, is_torch_array
+
+__all__ = [
+    "AffineChain",
+    "PMMInfo",
+    "correction_weights",
+    "fired_from_mask",
+    "langevin_chain",
+    "pmm_step",
+]
+
+Array = Any
+Groups = tuple[tuple[int, Array], ...]
+DriftFn = Callable[[Array, Groups], Array]
+
+
+class AffineChain(NamedTuple):
+    """Coefficients of the ``K`` fine sub-steps of one block.
+
+    The sub-step ``i`` maps ``x_i`` to ``a[i] * x_i + g[i] * b(x_i) + s[i] * z_i``.
+
+    Attributes
+    ----------
+    a, g, s : tuple of float
+        Per-sub-step multipliers of the state, the drift and the noise, each
+        of length ``K``.
+    """
+
+    a: tuple[float, ...]
+    g: tuple[float, ...]
+    s: tuple[float, ...]
+
+    @property
+    def K(self) -> int:  # noqa: N802 - the method's own name for it
+        """Number of fine sub-steps in the block."""
+        return len(self.a)
+
+
+class PMMInfo(NamedTuple):
+    """What one PMM block did.
+
+    Attributes
+    ----------
+    n_evals : int
+        Drift evaluations at fired midpoints in this block (summed over the
+        batch). The drift at the start point is not counted: it is ``b0``.
+    groups : tuple of (int, array)
+        The fired midpoints, as ``(sub-step i, batch members)`` in the order
+        their points were passed to the drift.
+    endpoint : array
+        The frozen-drift endpoint ``x̂_K`` before the corrections.
+    """
+
+    n_evals: int
+    groups: Groups
+    endpoint: Array
+
+
+def langevin_chain(step_size: float, K: int = 1) -> AffineChain:
+    """Coefficients of ``K`` Euler-Maruyama Langevin sub-steps of size ``step_size/K``.
+
+    With target ``pi ∝ exp(logp)``, drift ``b = M^{-1} grad logp`` and noise
+    ``z = M^{-1/2} Z``, one LMC step of size ``eta`` is
+    ``x' = x + eta * b(x) + sqrt(2 eta) * z``.
+
+    Parameters
+    ----------
+    step_size : float
+        The block's step size ``eta`` (the sum of the sub-step sizes).
+    K : int, default 1
+        Number of sub-steps.
+
+    Returns
+    -------
+    AffineChain
+    """
+    if not (np.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
+    if int(K) != K or K < 1:
+        raise ValueError(f"K must be an integer >= 1, got {K!r}")
+    K = int(K)
+    h = float(step_size) / K
+    sd = float(np.sqrt(2.0 * h))
+    return AffineChain(a=(1.0,) * K, g=(h,) * K, s=(sd,) * K)
+
+
+def correction_weights(chain: AffineChain) -> tuple[float, ...]:
+    """The weight ``(prod_{r>i} a_r) * g_i * K`` of each midpoint's correction.
+
+    Parameters
+    ----------
+    chain : AffineChain
+
+    Returns
+    -------
+    tuple of float
+        One weight per sub-step ``i = 0..K-1``.
+    """
+    K = chain.K
+    weights = [0.0] * K
+    tail = 1.0  # prod_{r > i} a_r
+    for i in range(K - 1, -1, -1):
+        weights[i] = tail * chain.g[i] * K
+        tail *= chain.a[i]
+    return tuple(weights)
+
+
+def fired_from_mask(mask: np.ndarray, like: Array | None = None) -> list[Array | None]:
+    """Turn a host boolean mask ``(K, B)`` of fired midpoints into index arrays.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray of bool, shape (K, B)
+        ``mask[i, m]`` is True when member ``m``'s midpoint ``i`` fires.
+        Row 0 is ignored (the midpoint ``i = 0`` never costs a call).
+    like : array, optional
+        An array whose namespace and device the index arrays take (a torch
+        tensor on the GPU, say). Default: numpy.
+
+    Returns
+    -------
+    list of (array or None)
+        ``K`` entries, ``None`` where nothing fires.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must have shape (K, B), got shape {mask.shape}")
+    out: list[Array | None] = [None]
+    for i in range(1, mask.shape[0]):
+        idx = np.flatnonzero(mask[i])
+        if idx.size == 0:
+            out.append(None)
+        elif like is not None and is_torch_array(like):
+            import torch
+
+            out.append(torch.as_tensor(idx, device=like.device))
+        else:
+            out.append(idx)
+    return out
+
+
+def _index_add(xp: Any, target: Array, index: Array, values: Array) -> Array:
+    """``target`` with ``values`` added at rows ``index`` (repeated rows accumulate)."""
+    if is_torch_array(target):
+        return target.index_add(0, index, values)
+    out = xp.asarray(target, copy=True)
+    np.add.at(out, index, values)
+    return out
+
+
+def pmm_step(
+    drift: DriftFn,
+    x: Array,
+    b0: Array,
+    noise: Array | Sequence[Array],
+    fired: Sequence[Array | None],
+    chain: AffineChain,
+) -> tuple[Array, PMMInfo]:
+    """One PMM block: ``K`` frozen-drift sub-steps plus the midpoint corrections.
+
+    Parameters
+    ----------
+    drift : callable
+        ``drift(points, groups) -> array`` of the shape of ``points``.
+        ``points`` stacks the fired midpoints, shape ``(n, *event)``;
+        ``groups`` lists ``(i, members)`` in stacking order, so the caller can
+        give each point its own time ``tau_i`` (diffusion) or batch member.
+        Called at most once per block, and not at all when nothing fires.
+    x : array, shape (B, *event)
+        The current states.
+    b0 : array, shape (B, *event)
+        The drift at ``x`` at the block's first time.
+    noise : array or indexable
+        ``noise[i]``, shape ``(B, *event)``, is the (already scaled, e.g.
+        preconditioned) noise of sub-step ``i``.
+    fired : sequence of (array or None)
+        Length ``K``; ``fired[i]`` indexes the members whose midpoint ``i``
+        fires. See :func:`fired_from_mask`.
+    chain : AffineChain
+        The sub-step coefficients.
+
+    Returns
+    -------
+    x_new : array, shape (B, *event)
+    info : PMMInfo
+    """
+    K = chain.K
+    if len(fired) != K:
+        raise ValueError(f"fired must have one entry per sub-step (K={K}), got {len(fired)}")
+    if fired[0] is not None and fired[0].shape[0] > 0:
+        raise ValueError("fired[0] must be None: the midpoint i=0 is the start point itself")
+    xp = array_namespace(x, b0)
+
+    points: list[Array] = []
+    groups: list[tuple[int, Array]] = []
+    xi = x
+    for i in range(K):
+        idx = fired[i]
+        if idx is not None and idx.shape[0] > 0:
+            points.append(xp.take(xi, idx, axis=0))
+            groups.append((i, idx))
+        xi = chain.a[i] * xi + chain.g[i] * b0 + chain.s[i] * noise[i]
+    endpoint = xi
+    if not points:
+        return endpoint, PMMInfo(n_evals=0, groups=(), endpoint=endpoint)
+
+    stacked = xp.concat(points, axis=0) if len(points) > 1 else points[0]
+    b_mid = drift(stacked, tuple(groups))
+    if b_mid.shape != stacked.shape:
+        raise ValueError(
+            f"drift returned shape {tuple(b_mid.shape)} for points of shape {tuple(stacked.shape)}"
+        )
+    weights = correction_weights(chain)
+    x_new = endpoint
+    start = 0
+    for i, idx in groups:
+        n = idx.shape[0]
+        delta = b_mid[start : start + n] - xp.take(b0, idx, axis=0)
+        x_new = _index_add(xp, x_new, idx, weights[i] * delta)
+        start += n
+    return x_new, PMMInfo(n_evals=int(stacked.shape[0]), groups=tuple(groups), endpoint=endpoint)
