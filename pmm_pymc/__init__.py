@@ -1,7 +1,32 @@
-"""pmm-pymc: the Poisson Midpoint Method for Langevin dynamics, for PyMC and PyTorch."""
+"""pmm-pymc: the Poisson Midpoint Method for Langevin dynamics, for PyMC and PyTorch.
+
+``from pmm_pymc import PoissonMidpoint, LangevinMC`` gives the PyMC step methods;
+they are loaded lazily so that ``pmm_pymc.core`` and the torch modules do not
+import PyMC.
+"""
+
+from typing import Any
 
 from pmm_pymc.core import AffineChain, PMMInfo, langevin_chain, pmm_step
 
 __version__ = "0.1.0"
 
-__all__ = ["AffineChain", "PMMInfo", "__version__", "langevin_chain", "pmm_step"]
+__all__ = [
+    "AffineChain",
+    "LangevinMC",
+    "PMMInfo",
+    "PoissonMidpoint",
+    "__version__",
+    "langevin_chain",
+    "pmm_step",
+]
+
+_LAZY = {"PoissonMidpoint": "pmm_pymc.steps", "LangevinMC": "pmm_pymc.steps"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pmm_pymc' has no attribute {name!r}")
