@@ -1,0 +1,577 @@
+"""The diffusion samplers: reference implementations, closed forms, NFE, RNG and input checks.
+
+The models here are closed-form: a single Gaussian target ``N(mu, diag(v))``,
+whose exact noise prediction under the VP forward process is
+``eps(x, t) = sqrt(1 - ab) (x - sqrt(ab) mu) / (ab v + 1 - ab)``, and a smooth
+nonlinear stand-in for a network. Nothing depends on the testbeds module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pmm_pymc.diffusion import expected_nfe, sample, timestep_grid
+from pmm_pymc.schedules import DDPMSchedule
+
+T_SMALL = 100
+# the small test chains are deliberately coarse; the warning itself is tested below
+pytestmark = pytest.mark.filterwarnings("ignore:PMM blocks reach stiffness:RuntimeWarning")
+
+
+@pytest.fixture(scope="module")
+def sched100() -> DDPMSchedule:
+    # beta_end scaled so that 100 steps reach abar_T ~ 4e-5 like the 1000-step default
+    return DDPMSchedule.linear(T_SMALL, beta_start=1e-3, beta_end=0.2)
+
+
+def gaussian_eps(schedule: DDPMSchedule, mu: torch.Tensor, v: torch.Tensor):
+    ac = torch.as_tensor(schedule.alphas_cumprod.copy())
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        assert t.dtype == torch.long and t.shape == (x.shape[0],)
+        ab = ac.to(x.device)[t].to(x.dtype)[:, None]
+        return (1 - ab).sqrt() * (x - ab.sqrt() * mu) / (ab * v + 1 - ab)
+
+    return model
+
+
+def toy_eps(T: int):
+    """A nonlinear, timestep-dependent stand-in for a network (elementwise, so batch-exact)."""
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tt = t.to(x.dtype)[:, None] / T
+        return torch.tanh(x) * (1.0 + tt) + 0.1 * x * tt
+
+    return model
+
+
+MU = torch.tensor([0.5, -1.0, 0.0], dtype=torch.float64)
+V = torch.tensor([0.05, 0.3, 1.5], dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- DDPM reference
+@pytest.mark.parametrize("variance", ["beta_tilde", "beta"])
+def test_ddpm_full_chain_matches_a_plain_loop(sched100, variance):
+    """steps = T: the textbook ancestral loop (Ho et al. 2020, Algorithm 2), written here.
+
+    Same generator, same draw order (noise for every step but the last), so the
+    outputs agree to float64 rounding.
+    """
+    B, d = 5, 3
+    model = toy_eps(T_SMALL)
+    x_T = torch.randn(B, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = sample(
+        model,
+        x_T,
+        sched100,
+        "ddpm",
+        steps=T_SMALL,
+        variance=variance,
+        generator=torch.Generator().manual_seed(1),
+    )
+
+    g = torch.Generator().manual_seed(1)
+    betas = torch.as_tensor(sched100.betas.copy())
+    alphas = 1 - betas
+    abar = torch.cumprod(alphas, 0)
+    x = x_T.clone()
+    for t in range(T_SMALL - 1, -1, -1):
+        eps = model(x, torch.full((B,), t, dtype=torch.long))
+        mean = (x - betas[t] / (1 - abar[t]).sqrt() * eps) / alphas[t].sqrt()
+        if t > 0:
+            var = betas[t] if variance == "beta" else betas[t] * (1 - abar[t - 1]) / (1 - abar[t])
+            x = mean + var.sqrt() * torch.randn(B, d, generator=g, dtype=torch.float64)
+        else:
+            x = mean
+    torch.testing.assert_close(out.samples, x, rtol=1e-12, atol=1e-12)
+    assert out.nfe.tolist() == [T_SMALL] * B
+    assert out.n_passes == T_SMALL
+
+
+def test_pmm_with_k1_is_ddpm(sched100):
+    model = toy_eps(T_SMALL)
+    a = sample(model, (4, 3), sched100, "pmm", K=1, generator=torch.Generator().manual_seed(3))
+    b = sample(
+        model, (4, 3), sched100, "ddpm", steps=T_SMALL, generator=torch.Generator().manual_seed(3)
+    )
+    torch.testing.assert_close(a.samples, b.samples, rtol=0, atol=0)
+    assert a.nfe.tolist() == b.nfe.tolist() == [T_SMALL] * 4
+
+
+def test_pmm_matches_a_plain_loop_of_the_issue_formula():
+    """Blocks of K over the fine chain, written from the issue's description.
+
+    Draw order (documented in ``sample``): the uniforms of all the Bernoullis,
+    shape (B, T), then the noise of each sub-step but the last.
+    """
+    T, K, B, d = 20, 5, 6, 2
+    sch = DDPMSchedule.linear(T, beta_start=1e-2, beta_end=0.3)
+    model = toy_eps(T)
+    x_T = torch.randn(B, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = sample(model, x_T, sch, "pmm", K=K, generator=torch.Generator().manual_seed(5))
+
+    g = torch.Generator().manual_seed(5)
+    u = torch.rand((B, T), generator=g, dtype=torch.float64)
+    betas = torch.as_tensor(sch.betas.copy())
+    alphas = 1 - betas
+    abar = torch.cumprod(alphas, 0)
+
+    def coef(t):
+        a = 1 / alphas[t].sqrt()
+        gg = -betas[t] / (alphas[t].sqrt() * (1 - abar[t]).sqrt())
+        s = 0.0 if t == 0 else (betas[t] * (1 - abar[t - 1]) / (1 - abar[t])).sqrt()
+        return a, gg, s
+
+    x = x_T.clone()
+    n_calls = np.full(B, T // K)
+    for blk in range(T // K):
+        ts = [T - 1 - (blk * K + i) for i in range(K)]
+        eps0 = model(x, torch.full((B,), ts[0], dtype=torch.long))
+        mids, xi = [], x
+        for t in ts:
+            mids.append(xi)
+            a, gg, s = coef(t)
+            z = torch.randn(B, d, generator=g, dtype=torch.float64) if s != 0.0 else 0.0
+            xi = a * xi + gg * eps0 + s * z
+        for m in range(B):
+            for i in range(1, K):
+                if u[m, blk * K + i] < 1.0 / K:
+                    n_calls[m] += 1
+                    eps_i = model(mids[i][m : m + 1], torch.tensor([ts[i]]))
+                    tail = math.prod(float(coef(t)[0]) for t in ts[i + 1 :])
+                    xi[m] += tail * float(coef(ts[i])[1]) * K * (eps_i[0] - eps0[m])
+        x = xi
+    torch.testing.assert_close(out.samples, x, rtol=1e-12, atol=1e-12)
+    assert out.nfe.tolist() == n_calls.tolist()
+    assert out.blocks == (K,) * (T // K)
+
+
+# ----------------------------------------------------------------------------- closed forms
+def test_ddim_matches_its_closed_form_on_a_gaussian(sched100):
+    """On N(mu, diag v) with exact eps, DDIM (eta=0) keeps the standardised state
+    z = (x - sqrt(ab) mu) / sqrt(ab v + 1 - ab) up to the factor
+
+        rho = (sqrt(ab ab') v + sqrt((1-ab)(1-ab'))) / sqrt((ab v + 1 - ab)(ab' v + 1 - ab'))
+
+    per step (Cauchy-Schwarz: rho <= 1, = 1 iff v = 1), so
+    x_0 = mu + sqrt(v) z_T prod(rho). Exact up to rounding.
+    """
+    steps = 30
+    model = gaussian_eps(sched100, MU, V)
+    x_T = torch.randn(7, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = sample(model, x_T, sched100, "ddim", steps=steps)
+    grid = timestep_grid(T_SMALL, steps)
+    ab = [float(sched100.alphas_cumprod[t]) for t in grid] + [1.0]
+    rho = torch.ones(3, dtype=torch.float64)
+    for a0, a1 in zip(ab[:-1], ab[1:]):
+        num = math.sqrt(a0 * a1) * V + math.sqrt((1 - a0) * (1 - a1))
+        rho = rho * num / ((a0 * V + 1 - a0) * (a1 * V + 1 - a1)).sqrt()
+    z_T = (x_T - math.sqrt(ab[0]) * MU) / (ab[0] * V + 1 - ab[0]).sqrt()
+    torch.testing.assert_close(out.samples, MU + V.sqrt() * z_T * rho, rtol=1e-10, atol=1e-10)
+
+
+def test_ddpm_moments_match_their_closed_form_on_a_gaussian(sched100):
+    """DDPM on N(mu, diag v): each step is x' = A x + c + sigma z with
+    A, c from the posterior mean (x0_pred is the exact E[x0 | x_t]), so
+    m' = A m + c, V' = A^2 V + sigma^2 from m = 0, V = 1 at x_T.
+
+    Tolerance: 5 Monte-Carlo standard errors of the mean (sqrt(V/B)) and of
+    the variance (V sqrt(2/(B-1)), Gaussian output), B = 4000.
+    """
+    steps, B = 25, 4000
+    model = gaussian_eps(sched100, MU, V)
+    x_T = torch.randn(B, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = sample(
+        model, x_T, sched100, "ddpm", steps=steps, generator=torch.Generator().manual_seed(2)
+    )
+    grid = timestep_grid(T_SMALL, steps)
+    ab = [float(sched100.alphas_cumprod[t]) for t in grid] + [1.0]
+    m, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    for a0, a1 in zip(ab[:-1], ab[1:]):
+        beta = 1 - a0 / a1
+        k0 = math.sqrt(a1) * beta / (1 - a0)  # posterior mean: k0 x0_pred + kx x
+        kx = math.sqrt(1 - beta) * (1 - a1) / (1 - a0)
+        # x0_pred = mu + sqrt(a0) v (x - sqrt(a0) mu) / (a0 v + 1 - a0)
+        slope = math.sqrt(a0) * V / (a0 * V + 1 - a0)
+        A = kx + k0 * slope
+        c = k0 * (MU - slope * math.sqrt(a0) * MU)
+        sig2 = beta * (1 - a1) / (1 - a0) if a1 < 1.0 else 0.0
+        m, var = A * m + c, A * A * var + sig2
+    x = out.samples
+    assert torch.all((x.mean(0) - m).abs() < 5 * (var / B).sqrt())
+    assert torch.all((x.var(0) - var).abs() < 5 * var * math.sqrt(2 / (B - 1)))
+    # and the DDPM-25 output is measurably under-dispersed in the thin direction
+    assert var[0] < 0.9 * V[0]
+
+
+def test_ddim_eta1_is_ddpm_with_the_posterior_variance(sched100):
+    model = toy_eps(T_SMALL)
+    a = sample(
+        model,
+        (3, 2),
+        sched100,
+        "ddim",
+        steps=20,
+        eta=1.0,
+        generator=torch.Generator().manual_seed(4),
+    )
+    b = sample(
+        model, (3, 2), sched100, "ddpm", steps=20, generator=torch.Generator().manual_seed(4)
+    )
+    torch.testing.assert_close(a.samples, b.samples, rtol=1e-5, atol=1e-6)
+
+
+def test_ode_solvers_converge_to_the_flow_map(sched100):
+    """The probability-flow ODE on a Gaussian keeps z fixed: x_0 = mu + sqrt(v) z_T.
+
+    DPM-Solver++(2M) is second order: halving the step should cut the error by
+    about 4 (we ask for > 3); DDIM is first order (ask for > 1.6).
+    """
+    model = gaussian_eps(sched100, MU, V)
+    x_T = torch.randn(50, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    ab0 = float(sched100.alphas_cumprod[-1])
+    exact = MU + V.sqrt() * (x_T - math.sqrt(ab0) * MU) / (ab0 * V + 1 - ab0).sqrt()
+
+    def err(method, steps):
+        return (
+            (sample(model, x_T, sched100, method, steps=steps).samples - exact).abs().max().item()
+        )
+
+    e_dpm = [err("dpmsolver++", s) for s in (25, 50)]
+    e_ddim = [err("ddim", s) for s in (25, 50)]
+    assert e_dpm[0] / e_dpm[1] > 3.0, e_dpm
+    assert e_ddim[0] / e_ddim[1] > 1.6, e_ddim
+    assert e_dpm[1] < e_ddim[1]
+
+
+# ----------------------------------------------------------------------------- NFE
+def test_pmm_mean_nfe_matches_the_formula():
+    """Per sample, NFE = T/K + Binomial((T/K)(K-1), 1/K); mean (T/K)(2 - 1/K) = 78.4 for K = 25.
+
+    Tolerance: 4 standard errors, sqrt((T/K)(K-1)(1/K)(1-1/K) / B). Also checks
+    that the reported NFE is what the model was really asked for, and that a
+    block is at most two sequential network passes.
+    """
+    T, K, B = 1000, 25, 2000
+    sch = DDPMSchedule.linear(T)
+    rows = []
+
+    def model(x, t):
+        rows.append(x.shape[0])
+        return 0.1 * x
+
+    out = sample(model, (B, 2), sch, "pmm", K=K, generator=torch.Generator().manual_seed(0))
+    expected = (T / K) * (2 - 1 / K)
+    se = math.sqrt((T / K) * (K - 1) * (1 / K) * (1 - 1 / K) / B)
+    assert abs(out.nfe.double().mean().item() - expected) < 4 * se
+    assert sum(rows) == int(out.nfe.sum())
+    assert len(rows) == out.n_passes <= 2 * (T // K)
+    assert expected_nfe(out.blocks) == pytest.approx(expected)
+
+
+def test_nfe_budget_policies(sched100):
+    for policy in ("stiffness", "uniform"):
+        out = sample(
+            toy_eps(T_SMALL),
+            (2000, 1),
+            sched100,
+            "pmm",
+            blocks=policy,
+            nfe=30,
+            generator=torch.Generator().manual_seed(0),
+        )
+        assert expected_nfe(out.blocks) <= 30
+        assert abs(out.nfe.double().mean().item() - expected_nfe(out.blocks)) < 0.5
+        assert sum(out.blocks) == min(T_SMALL, 5 * 30)
+
+
+def test_stiff_layouts_warn_and_the_default_does_not():
+    """The thresholds behind the warning: block stiffness > 1 diverged on digits64."""
+    sch = DDPMSchedule.linear()
+    with pytest.warns(RuntimeWarning, match="stiffness"):
+        sample(lambda x, t: 0.0 * x, (2, 2), sch, "pmm", nfe=10)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sample(lambda x, t: 0.0 * x, (2, 2), sch, "pmm")  # nfe=80 by default
+        sample(lambda x, t: 0.0 * x, (2, 2), sch, "pmm", K=25)
+
+
+# ----------------------------------------------------------------------------- RNG, dtypes, devices
+@pytest.mark.parametrize(
+    ("method", "kw"),
+    [
+        ("pmm", {"K": 4}),
+        ("pmm", {"nfe": 20}),
+        ("ddpm", {"steps": 30}),
+        ("ddim", {"steps": 30, "eta": 0.5}),
+    ],
+)
+def test_same_sample_whatever_the_batch(sched100, method, kw):
+    """One generator per sample: sample m does not depend on who else is in the batch."""
+    model = toy_eps(T_SMALL)
+
+    def gens(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    big = sample(model, (5, 3), sched100, method, generator=gens(range(5)), **kw)
+    small = sample(model, (2, 3), sched100, method, generator=gens([3, 1]), **kw)
+    torch.testing.assert_close(small.samples, big.samples[[3, 1]], rtol=0, atol=0)
+    assert small.nfe.tolist() == big.nfe[[3, 1]].tolist()
+
+
+def test_same_seed_same_samples_and_different_seed_differs(sched100):
+    model = toy_eps(T_SMALL)
+    a = sample(model, (4, 3), sched100, "pmm", K=5, generator=torch.Generator().manual_seed(1))
+    b = sample(model, (4, 3), sched100, "pmm", K=5, generator=torch.Generator().manual_seed(1))
+    c = sample(model, (4, 3), sched100, "pmm", K=5, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a.samples, b.samples, rtol=0, atol=0)
+    assert not torch.allclose(a.samples, c.samples)
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_model_keeps_a_float32_state(sched100, half):
+    seen = []
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.full((3,), 0.5, dtype=half))
+
+        def forward(self, x, t):
+            seen.append(x.dtype)
+            return torch.tanh(x) * self.w
+
+    net = Net()
+    out = sample(net, (4, 3), sched100, "pmm", K=4, generator=torch.Generator().manual_seed(0))
+    assert set(seen) == {half}
+    assert out.samples.dtype == torch.float32
+    ref = sample(
+        lambda x, t: torch.tanh(x) * 0.5,
+        (4, 3),
+        sched100,
+        "pmm",
+        K=4,
+        generator=torch.Generator().manual_seed(0),
+    )
+    # only the model's own rounding differs: ~1e-2 relative per call for bf16
+    torch.testing.assert_close(out.samples, ref.samples, rtol=0.1, atol=0.1)
+
+
+def test_callback_and_progress(sched100, capsys):
+    calls = []
+
+    def cb(x, t, x0, nfe):
+        calls.append((x.shape, t, x0.shape, nfe.clone()))
+
+    out = sample(
+        toy_eps(T_SMALL),
+        (3, 2),
+        sched100,
+        "pmm",
+        K=10,
+        callback=cb,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert len(calls) == len(out.blocks) == 10
+    assert [c[1] for c in calls] == list(range(T_SMALL - 1, -1, -10))
+    assert calls[-1][3].tolist() == out.nfe.tolist()
+    assert capsys.readouterr().err == ""  # progress bar off by default
+    dpm_calls = []
+    sample(
+        toy_eps(T_SMALL),
+        (3, 2),
+        sched100,
+        "dpmsolver++",
+        steps=7,
+        callback=lambda *a: dpm_calls.append(a[3]),
+    )
+    assert [int(n[0]) for n in dpm_calls] == list(range(1, 8))
+
+
+def test_progress_bar_writes_when_asked(sched100, capsys):
+    sample(toy_eps(T_SMALL), (3, 2), sched100, "ddpm", steps=5, progress=True)
+    assert "5/5" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bad input
+def _ok():
+    return toy_eps(T_SMALL)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"method": "euler"}, ValueError, "unknown method 'euler'"),
+        ({"schedule": "sigmoid"}, ValueError, "unknown schedule 'sigmoid'"),
+        ({"schedule": [0.1, 0.2]}, TypeError, "schedule must be"),
+        ({"method": "ddpm", "steps": 101}, ValueError, "steps=101 exceeds"),
+        ({"method": "ddpm", "steps": 0}, ValueError, "steps must be"),
+        ({"method": "pmm", "K": 0}, ValueError, "K must be an integer in \\[1, 100\\]"),
+        ({"method": "pmm", "K": 101}, ValueError, "K must be an integer in \\[1, 100\\]"),
+        ({"method": "pmm", "steps": 50, "K": 60}, ValueError, "K must be"),
+        ({"method": "pmm", "K": 2.5}, ValueError, "K must be"),
+        ({"method": "pmm", "steps": 100, "blocks": [60, 30]}, ValueError, "sum to"),
+        ({"method": "pmm", "steps": 2, "blocks": [2, 0]}, ValueError, "block size"),
+        ({"method": "pmm", "blocks": "geometric"}, ValueError, "unknown block policy"),
+        ({"method": "pmm", "K": 4, "nfe": 30}, ValueError, "not both"),
+        ({"method": "pmm", "nfe": 0}, ValueError, "nfe must be"),
+        ({"method": "ddpm", "K": 4}, ValueError, "options of method='pmm'"),
+        ({"method": "ddim", "eta": -1.0}, ValueError, "eta"),
+        ({"variance": "learned"}, ValueError, "unknown variance"),
+        ({"data_var": 0.0}, ValueError, "data_var"),
+        ({"spacing": "random"}, ValueError, "unknown spacing"),
+        ({"generator": [torch.Generator()]}, ValueError, "one per member"),
+        ({"generator": 3}, TypeError, "generator"),
+        ({"device": "cuda"}, ValueError, "device='cuda' but x_T is on cpu"),
+        (
+            {"dtype": torch.float16, "x_T": torch.zeros(2, 3, dtype=torch.float64)},
+            ValueError,
+            "dtype",
+        ),
+        ({"dtype": torch.int32}, TypeError, "dtype"),
+        ({"x_T": torch.zeros(2, 3, dtype=torch.long)}, TypeError, "floating"),
+        ({"x_T": (2, 0)}, ValueError, "shape"),
+        ({"model": "unet"}, TypeError, "callable"),
+    ],
+)
+def test_bad_input(sched100, kwargs, exc, match):
+    args = {"model": _ok(), "x_T": torch.zeros(2, 3), "schedule": sched100, "method": "pmm"}
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        sample(**args)
+
+
+def test_model_output_checks(sched100):
+    with pytest.raises(
+        ValueError, match="model returned shape \\(2, 2\\) for input of shape \\(2, 3\\)"
+    ):
+        sample(lambda x, t: x[:, :2], (2, 3), sched100, "ddpm", steps=5)
+
+    class Out:  # what a diffusers UNet returns
+        def __init__(self, s):
+            self.sample = s
+
+    with pytest.raises(TypeError, match="unet\\(x, t\\).sample"):
+        sample(lambda x, t: Out(x), (2, 3), sched100, "ddpm", steps=5)
+
+
+@pytest.mark.parametrize("method", ["pmm", "ddpm", "dpmsolver++"])
+def test_nan_from_the_model_names_step_and_timestep(sched100, method):
+    def model(x, t):
+        out = torch.tanh(x)
+        if int(t.max()) < 40:
+            out = out * float("nan")
+        return out
+
+    kw = {"K": 10} if method == "pmm" else {"steps": 10}
+    with pytest.raises(FloatingPointError, match=r"NaN or inf at step \d+ of 10 \(timestep \d+\)"):
+        sample(model, (3, 2), sched100, method, generator=torch.Generator().manual_seed(0), **kw)
+
+
+def test_model_parameters_must_match_device_and_dtype(sched100):
+    net64 = torch.nn.Linear(3, 3).double()
+    with pytest.raises(
+        ValueError, match="dtype=torch.float32 but the model's parameters are torch.float64"
+    ):
+        sample(_Wrap(net64), (2, 3), sched100, dtype=torch.float32)
+    meta = _Wrap(torch.nn.Linear(3, 3, device="meta"))
+    with pytest.raises(ValueError, match="model is on meta"):
+        sample(meta, (2, 3), sched100)
+
+
+class _Wrap(torch.nn.Module):
+    def __init__(self, lin):
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, x, t):
+        return self.lin(x)
+
+
+# ----------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["pmm", "ddpm", "ddim", "dpmsolver++"])
+def test_gpu_matches_cpu_with_cpu_generators(sched100, method):
+    """CPU generators drive the GPU run (draws are moved), so it matches the CPU run."""
+    model = toy_eps(T_SMALL)
+    kw = {"K": 5} if method == "pmm" else {"steps": 20}
+    gens = [torch.Generator().manual_seed(s) for s in range(4)]
+    cpu = sample(model, (4, 3), sched100, method, generator=gens, **kw)
+    gens = [torch.Generator().manual_seed(s) for s in range(4)]
+    gpu = sample(model, (4, 3), sched100, method, generator=gens, device="cuda", **kw)
+    assert gpu.samples.device.type == "cuda"
+    torch.testing.assert_close(gpu.samples.cpu(), cpu.samples, rtol=1e-4, atol=1e-5)
+    assert gpu.nfe.tolist() == cpu.nfe.tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_half_model_and_cuda_generator(sched100):
+    net = _Wrap(torch.nn.Linear(3, 3)).cuda().half()
+    out = sample(
+        net, (8, 3), sched100, "pmm", K=4, generator=torch.Generator("cuda").manual_seed(0)
+    )
+    assert out.samples.dtype == torch.float32 and out.samples.is_cuda
+    assert torch.isfinite(out.samples).all()
+
+
+# ----------------------------------------------------------------------------- diffusers wrapper
+class _UNetOutput:
+    def __init__(self, sample):
+        self.sample = sample
+
+
+class FakeUNet2DModel(torch.nn.Module):
+    """Mimics diffusers' UNet2DModel: forward(sample, timestep) -> object with .sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.3))
+        self.config = type("Config", (), {"sample_size": 4, "in_channels": 3})()
+        self.seen_t = []
+
+    @property
+    def device(self):
+        return self.scale.device
+
+    def forward(self, sample, timestep, return_dict=True):
+        assert sample.ndim == 4 and timestep.dtype == torch.long
+        assert timestep.shape == (sample.shape[0],)
+        self.seen_t.append(timestep.clone())
+        return _UNetOutput(torch.tanh(sample) * self.scale)
+
+
+class _FakeScheduler:
+    betas = torch.linspace(1e-4, 0.02, 1000)
+    config = type("Config", (), {"prediction_type": "epsilon"})()
+
+
+def test_diffusers_wrapper_with_a_fake_unet():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "diffusers_unet.py"
+    spec = importlib.util.spec_from_file_location("diffusers_unet_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    unet = FakeUNet2DModel()
+    out = mod.sample_unet(unet, _FakeScheduler(), 3, nfe=20)
+    assert out.samples.shape == (3, 3, 4, 4) and torch.isfinite(out.samples).all()
+    assert out.nfe.double().mean() < 25
+    # PMM's midpoint pass carries several timesteps at once
+    assert any(t.unique().numel() > 1 for t in unet.seen_t)
+    # the wrapper is the one-liner, and per-image generators make image 1 batch-independent
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(mod.unet_eps(unet)(x, torch.tensor([5, 6])), torch.tanh(x) * 0.3)
+    again = mod.sample_unet(unet, _FakeScheduler(), 2, nfe=20)
+    torch.testing.assert_close(again.samples, out.samples[:2], rtol=0, atol=0)
+    ddim = mod.sample_unet(unet, _FakeScheduler(), 2, method="ddim", nfe=10)
+    assert ddim.nfe.tolist() == [10, 10]

@@ -1,0 +1,219 @@
+"""sample_langevin: PMM and LMC for torch log-densities, through the core update."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pmm_pymc.torch import sample_langevin
+
+
+def std_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (x**2).flatten(1).sum(1)
+
+
+def pmm_stationary_variance(eta: float, K: int) -> float:
+    """Exact stationary variance of PMM(eta, K) on N(0, 1): a sum over the firing patterns.
+
+    The block maps x to A x + B with A = 1 - eta + eta^2 sum_{fired i} i/K and
+    E[B^2 | fired] = (2 eta/K) sum_j (1 - eta #{fired i > j})^2 (see
+    tests/test_core.py for the derivation); V = E[B^2] / (1 - E[A^2]).
+    """
+    EA2 = EB2 = 0.0
+    for pattern in itertools.product((0, 1), repeat=K - 1):
+        fired = [i + 1 for i, h in enumerate(pattern) if h]
+        prob = math.prod(1 / K if h else 1 - 1 / K for h in pattern)
+        A = 1 - eta + eta**2 * sum(i / K for i in fired)
+        EA2 += prob * A * A
+        EB2 += (
+            prob * (2 * eta / K) * sum((1 - eta * sum(i > j for i in fired)) ** 2 for j in range(K))
+        )
+    return EB2 / (1 - EA2)
+
+
+@pytest.mark.parametrize(("method", "K"), [("lmc", 1), ("pmm", 8)])
+def test_stationary_variance_on_a_standard_normal(method, K):
+    """Chain-averaged second moment vs the exact stationary variance.
+
+    LMC: 1 / (1 - eta/2) = 1.111 at eta = 0.2; PMM(K=8): 1.0277 (exact sum).
+    Tolerance: 4 standard errors of the mean over independent chains (each
+    chain's time average carries its own autocorrelation). The start N(0, 1)
+    is 60 steps away: its influence decays like (1 - eta)^120 < 1e-11.
+    """
+    eta, B, burn, keep = 0.2, 2000, 60, 200
+    exact = 1 / (1 - eta / 2) if method == "lmc" else pmm_stationary_variance(eta, K)
+    g = torch.Generator().manual_seed(10 + K)
+    x0 = torch.randn(B, 1, generator=g, dtype=torch.float64)
+    out = sample_langevin(
+        std_normal_log_prob, x0, step_size=eta, n_steps=burn + keep, method=method, K=K, generator=g
+    )
+    m2 = (out.samples[burn:, :, 0] ** 2).mean(0)
+    se = m2.std() / math.sqrt(B)
+    assert abs(m2.mean().item() - exact) < 4 * se.item(), (m2.mean().item(), exact, se.item())
+    if method == "pmm":  # and it is measurably closer to 1 than LMC at the same step
+        assert abs(m2.mean().item() - 1 / (1 - eta / 2)) > 10 * se.item()
+
+
+def test_score_and_log_prob_give_the_same_chain():
+    x0 = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a = sample_langevin(
+        std_normal_log_prob,
+        x0,
+        step_size=0.3,
+        n_steps=20,
+        K=5,
+        generator=torch.Generator().manual_seed(1),
+    )
+    b = sample_langevin(
+        None,
+        x0,
+        score=lambda x: -x,
+        step_size=0.3,
+        n_steps=20,
+        K=5,
+        generator=torch.Generator().manual_seed(1),
+    )
+    torch.testing.assert_close(a.samples, b.samples, rtol=1e-14, atol=1e-14)
+    assert a.samples.shape == (20, 6, 2, 3)
+    assert torch.equal(a.x, a.samples[-1])
+    assert torch.equal(a.nfe, b.nfe)
+
+
+def test_nfe_matches_the_formula():
+    """Per chain, NFE = n + Binomial(n (K-1), 1/K); tolerance 4 standard errors of the mean."""
+    n, K, B = 50, 10, 1000
+    calls = []
+
+    def score(x):
+        calls.append(x.shape[0])
+        return -x
+
+    out = sample_langevin(
+        None,
+        torch.zeros(B, 1),
+        score=score,
+        step_size=0.1,
+        n_steps=n,
+        K=K,
+        generator=torch.Generator().manual_seed(0),
+    )
+    se = math.sqrt(n * (K - 1) * (1 / K) * (1 - 1 / K) / B)
+    assert abs(out.nfe.double().mean().item() - n * (2 - 1 / K)) < 4 * se
+    assert sum(calls) == int(out.nfe.sum())
+    assert out.nfe.dtype == torch.int64 and out.nfe.shape == (B,)
+
+
+def test_chain_does_not_depend_on_the_batch():
+    def gens(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    x0 = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    big = sample_langevin(
+        std_normal_log_prob, x0, step_size=0.2, n_steps=15, K=4, generator=gens(range(4)), chunk=4
+    )
+    small = sample_langevin(
+        std_normal_log_prob, x0[[2]], step_size=0.2, n_steps=15, K=4, generator=gens([2]), chunk=4
+    )
+    torch.testing.assert_close(small.samples[:, 0], big.samples[:, 2], rtol=0, atol=0)
+
+
+def test_thin_callback_and_k1_pmm_is_lmc():
+    x0 = torch.zeros(3, 2)
+    seen = []
+    out = sample_langevin(
+        std_normal_log_prob,
+        x0,
+        step_size=0.1,
+        n_steps=10,
+        thin=3,
+        callback=lambda i, x: seen.append(i),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.samples.shape == (3, 3, 2) and seen == list(range(10))
+    a = sample_langevin(
+        std_normal_log_prob,
+        x0,
+        step_size=0.1,
+        n_steps=5,
+        method="pmm",
+        K=1,
+        generator=torch.Generator().manual_seed(0),
+    )
+    b = sample_langevin(
+        std_normal_log_prob,
+        x0,
+        step_size=0.1,
+        n_steps=5,
+        method="lmc",
+        generator=torch.Generator().manual_seed(0),
+    )
+    torch.testing.assert_close(a.samples, b.samples, rtol=0, atol=0)
+    assert a.nfe.tolist() == [5, 5, 5]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"log_prob": None}, ValueError, "exactly one of log_prob and score"),
+        ({"score": lambda x: -x}, ValueError, "exactly one of log_prob and score"),
+        ({"log_prob": 3}, TypeError, "log_prob must be callable"),
+        ({"method": "mala"}, ValueError, "unknown method 'mala'"),
+        ({"step_size": 0.0}, ValueError, "step_size"),
+        ({"step_size": float("inf")}, ValueError, "step_size"),
+        ({"n_steps": 0}, ValueError, "n_steps"),
+        ({"K": 0}, ValueError, "K must be"),
+        ({"thin": 0}, ValueError, "thin"),
+        ({"x0": torch.zeros(3, 2, dtype=torch.long)}, TypeError, "floating"),
+        ({"log_prob": lambda x: x.sum()}, ValueError, "one value per chain"),
+        ({"generator": [torch.Generator()]}, ValueError, "one per member"),
+    ],
+)
+def test_bad_input(kwargs, exc, match):
+    args = {
+        "log_prob": std_normal_log_prob,
+        "x0": torch.zeros(3, 2),
+        "step_size": 0.1,
+        "n_steps": 3,
+    }
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        sample_langevin(**args)
+
+
+def test_divergence_is_an_error():
+    with pytest.raises(FloatingPointError, match="step size"):
+        sample_langevin(
+            lambda x: -50.0 * (x**2).sum(1),
+            torch.ones(2, 1),
+            step_size=1.0,
+            n_steps=400,
+            method="lmc",
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_chain_matches_cpu_with_cpu_generators():
+    x0 = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    cpu = sample_langevin(
+        std_normal_log_prob,
+        x0,
+        step_size=0.2,
+        n_steps=10,
+        K=4,
+        generator=[torch.Generator().manual_seed(s) for s in range(4)],
+    )
+    gpu = sample_langevin(
+        std_normal_log_prob,
+        x0.cuda(),
+        step_size=0.2,
+        n_steps=10,
+        K=4,
+        generator=[torch.Generator().manual_seed(s) for s in range(4)],
+    )
+    assert gpu.samples.is_cuda
+    np.testing.assert_allclose(gpu.samples.cpu().numpy(), cpu.samples.numpy(), rtol=1e-4, atol=1e-5)
