@@ -126,7 +126,8 @@ def timestep_grid(T: int, steps: int, spacing: str = "linspace") -> np.ndarray:
     if spacing == "linspace":
         t = np.round(np.linspace(0, T - 1, steps))
     elif spacing == "trailing":
-        t = np.round(np.arange(T, 0, -T / steps)) - 1
+        # diffusers' values; its arange can round to steps + 1 entries, the last one -1
+        t = np.round(np.arange(T, 0, -T / steps)[:steps]) - 1
     elif spacing == "leading":
         t = np.arange(steps) * (T // steps)
     else:
@@ -136,6 +137,18 @@ def timestep_grid(T: int, steps: int, spacing: str = "linspace") -> np.ndarray:
         missing = np.setdiff1d(np.arange(T), t)[::-1][: steps - t.shape[0]]
         t = np.sort(np.concatenate([t, missing]))[::-1]
     return np.ascontiguousarray(t)
+
+
+def _dpmsolver_grid(T: int, steps: int, spacing: str) -> np.ndarray:
+    """The timesteps of diffusers' ``DPMSolverMultistepScheduler.set_timesteps``.
+
+    Its "linspace" and "leading" take ``steps + 1`` points and drop the last
+    (t = 0): no network call is spent at t = 0, where the solver's final jump to
+    sigma = 0 would start from a nearly clean state after a very long step.
+    """
+    if steps == T or spacing == "trailing":
+        return timestep_grid(T, steps, spacing)
+    return np.ascontiguousarray(timestep_grid(T, steps + 1, spacing)[:-1])
 
 
 def expected_nfe(blocks: Sequence[int]) -> float:
@@ -519,7 +532,12 @@ def sample(
         Noise variance of the ancestral steps (PMM and DDPM): the posterior
         ``tilde beta`` (diffusers' "fixed_small") or ``beta`` ("fixed_large").
     spacing : {"linspace", "trailing", "leading", "quadratic"}, default "linspace"
-        How a respaced chain picks its timesteps (:func:`timestep_grid`).
+        How a respaced chain picks its timesteps (:func:`timestep_grid`). For
+        ``"dpmsolver++"`` the grid is that of diffusers'
+        ``DPMSolverMultistepScheduler``: ``steps + 1`` points of the spacing
+        with the last one (t = 0) dropped, so that the final step goes from
+        about ``T/steps`` straight to the clean end (``"trailing"``, and
+        ``steps = T``, are :func:`timestep_grid` itself).
     generator : torch.Generator or list of torch.Generator, optional
         Source of every random number (the Gaussians and PMM's Bernoullis).
         With a list of one generator per sample, each sample is the same
@@ -613,7 +631,11 @@ def sample(
     if steps > T:
         raise ValueError(f"steps={steps} exceeds the schedule's T={T} training timesteps")
     steps = int(steps)
-    grid = timestep_grid(T, steps, spacing)
+    grid = (
+        _dpmsolver_grid(T, steps, spacing)
+        if method == "dpmsolver++"
+        else timestep_grid(T, steps, spacing)
+    )
     if method != "pmm":
         layout: tuple[int, ...] = (1,) * steps
     elif K is not None:
@@ -761,8 +783,13 @@ def _dpmsolver_2m(
 ) -> tuple[torch.Tensor, int]:
     """DPM-Solver++(2M), data prediction, midpoint form, as diffusers' multistep scheduler.
 
-    Final step to sigma = 0 (the predicted x0) and first order on the last
-    two steps when fewer than 15 steps are taken, as diffusers does.
+    diffusers' ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++",
+    solver_order=2, final_sigmas_type="zero")`` given these timesteps: first
+    order on the first step (no previous x0 yet), a final step to sigma = 0
+    (its first-order update is the predicted x0), second order on every other
+    step. (diffusers' ``lower_order_final`` below 15 steps lowers only the last
+    step, already first order here, and third order to second on the one
+    before.)
     """
     B, dev = x.shape[0], x.device
     S = grid.shape[0]
@@ -787,8 +814,7 @@ def _dpmsolver_2m(
         else:
             h = l_n - l_t
             phi = math.expm1(-h)  # e^{-h} - 1
-            first_order = m_prev is None or (k == S - 2 and S < 15)
-            if first_order:
+            if m_prev is None:
                 x_new = (s_n / s_t) * x - a_n * phi * x0
             else:
                 r0 = (l_t - lam_prev) / h

@@ -71,16 +71,28 @@ class RandomSource:
         shape = (self.batch, *event_shape)
         if self.per_member is not None:
             draws = [
-                torch.randn(tuple(event_shape), generator=g, device=g.device, dtype=dtype).to(
-                    self.device
-                )
+                torch.randn(tuple(event_shape), generator=g, device=g.device, dtype=dtype)
                 for g in self.per_member
             ]
-            return torch.stack(draws)
+            if all(d.device == draws[0].device for d in draws):
+                return self._move(torch.stack(draws))
+            return torch.stack([self._move(d) for d in draws])
         g = self.single
         if g is None:
             return torch.randn(shape, device=self.device, dtype=dtype)
-        return torch.randn(shape, generator=g, device=g.device, dtype=dtype).to(self.device)
+        return self._move(torch.randn(shape, generator=g, device=g.device, dtype=dtype))
+
+    def _move(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` on :attr:`device`; from the CPU to CUDA without waiting for the device.
+
+        A plain copy from pageable host memory synchronises the stream; a copy
+        from pinned memory with ``non_blocking=True`` is queued behind the work
+        already launched (torch's pinned-memory allocator keeps the buffer alive
+        until the copy is done).
+        """
+        if t.device.type == "cpu" and self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     def uniforms(self, n: int) -> np.ndarray:
         """``n`` uniforms per member, shape ``(B, n)``, float64 on the host.
@@ -181,6 +193,7 @@ def _gradient_fn(
     return grad_log_prob
 
 
+@torch.no_grad()
 def sample_langevin(
     log_prob: Callable[[torch.Tensor], torch.Tensor] | None,
     x0: torch.Tensor,
@@ -201,7 +214,8 @@ def sample_langevin(
     One step of ``method="lmc"`` is ``x' = x + h grad log pi(x) + sqrt(2 h) z``.
     One step of ``method="pmm"`` stands in for ``K`` LMC steps of size
     ``step_size / K``: it evaluates the gradient at ``x`` and, on average, at
-    ``1 - 1/K`` random midpoints (:func:`pmm_pymc.core.pmm_step`).
+    ``1 - 1/K`` random midpoints (:func:`pmm_pymc.core.pmm_step`). Runs under
+    :func:`torch.no_grad`; only the gradient of ``log_prob`` uses autograd.
 
     Parameters
     ----------

@@ -109,6 +109,19 @@ def test_timestep_grid(spacing, steps):
         assert t[-1] == 0
 
 
+@pytest.mark.parametrize("T", [100, 999, 1000])
+def test_trailing_grid_is_diffusers_without_its_rounding_overrun(T):
+    """diffusers' "trailing" is round(arange(T, 0, -T/steps)) - 1. For some steps
+    (T=1000: 61, 103, ...) floating-point rounding gives that arange steps + 1
+    entries, the last one -1 (not a timestep); ours keeps the first steps entries.
+    """
+    for steps in range(1, T + 1):
+        t = timestep_grid(T, steps, "trailing")
+        diffusers = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
+        np.testing.assert_array_equal(t, diffusers[:steps])
+        assert np.all(np.diff(t) < 0) and t[-1] >= 0
+
+
 def test_timestep_grid_bad_input():
     with pytest.raises(ValueError, match="steps must be"):
         timestep_grid(100, 101)

@@ -155,6 +155,32 @@ def test_thin_callback_and_k1_pmm_is_lmc():
     assert a.nfe.tolist() == [5, 5, 5]
 
 
+def test_autograd_only_for_the_gradient():
+    """log_prob is differentiated with autograd; everything else runs under no_grad.
+
+    The energy has a parameter that requires grad: no graph may reach the states.
+    """
+    w = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+    grad_mode = []
+
+    def log_prob(x):
+        grad_mode.append(torch.is_grad_enabled())
+        return -0.5 * w * (x**2).sum(1)
+
+    out = sample_langevin(
+        log_prob,
+        torch.ones(3, 2, dtype=torch.float64),
+        step_size=0.1,
+        n_steps=4,
+        K=3,
+        generator=torch.Generator().manual_seed(0),
+        callback=lambda i, x: grad_mode.append(torch.is_grad_enabled()),
+    )
+    n_cb = 4  # one callback per step; the rest are gradient calls
+    assert grad_mode.count(False) == n_cb and grad_mode.count(True) == len(grad_mode) - n_cb
+    assert not out.samples.requires_grad and not out.x.requires_grad and w.grad is None
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
