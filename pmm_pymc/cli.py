@@ -1,0 +1,313 @@
+"""``pmm-compare``: compare PMM against LMC and NUTS from the shell, and write a report.
+
+Two subcommands::
+
+    pmm-compare mcmc --posterior NAME|all --out DIR [--draws N --chains C --seed S ...]
+    pmm-compare diffusion --testbed NAME --out DIR [--device cuda ...]
+
+Each writes ``DIR/report.md`` (tables and the figures embedded), the PNG figures, CSV tables
+and the DataTrees as netCDF. An existing non-empty ``DIR`` is refused unless ``--overwrite``
+is given. All input is checked before any sampling starts. Nothing in the package imports
+this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+_SAMPLERS = ("PMM", "LMC", "NUTS")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _sample_count(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _run_spec(text: str) -> tuple[str, int]:
+    method, sep, nfe = text.rpartition(":")
+    try:
+        value = int(nfe)
+    except ValueError:
+        value = 0
+    if not sep or not method or value < 1:
+        raise argparse.ArgumentTypeError(f"expected METHOD:NFE such as ddpm:1000, got {text!r}")
+    return method, value
+
+
+def _str_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pmm-compare",
+        description="Compare the Poisson Midpoint Method against Langevin Monte Carlo (and "
+        "NUTS, and the diffusion baselines) and write a markdown report with figures.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    mcmc = sub.add_parser(
+        "mcmc",
+        help="PyMC samplers on the bundled posteriordb posteriors at equal gradient budget",
+        description="Run PMM, LMC and NUTS on bundled posteriordb posteriors at the same "
+        "number of gradient evaluations and compare them with the reference draws.",
+    )
+    mcmc.add_argument("--posterior", required=True, help="a bundled posterior, or 'all'")
+    mcmc.add_argument("--out", required=True, help="output directory")
+    mcmc.add_argument(
+        "--draws",
+        type=_positive_int,
+        default=1000,
+        help="draws per chain of PMM, which set the gradient budget of the others (default 1000)",
+    )
+    mcmc.add_argument("--tune", type=_non_negative_int, default=1000, help="tuning steps")
+    mcmc.add_argument("--chains", type=_positive_int, default=4, help="chains per sampler")
+    mcmc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    mcmc.add_argument(
+        "--samplers",
+        type=_str_list,
+        default=list(_SAMPLERS),
+        help="comma-separated subset of PMM,LMC,NUTS; the first sets the budget",
+    )
+    mcmc.add_argument("--K", type=_positive_int, default=None, help="PMM sub-steps K")
+    mcmc.add_argument(
+        "--max-treedepth",
+        type=_positive_int,
+        default=None,
+        help="NUTS max_treedepth (default PyMC's, 10)",
+    )
+    mcmc.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    mcmc.add_argument("--no-plots", action="store_true", help="skip the figures")
+    mcmc.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    diff = sub.add_parser(
+        "diffusion",
+        help="diffusion samplers on an exact-score testbed: metric against NFE",
+        description="Sample a testbed with PMM, DDPM, DDIM and DPM-Solver++ at several "
+        "network-evaluation budgets and compare with exact samples.",
+    )
+    diff.add_argument("--testbed", required=True, help="testbed name")
+    diff.add_argument("--out", required=True, help="output directory")
+    diff.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    diff.add_argument(
+        "--methods",
+        type=_str_list,
+        default=None,
+        help="comma-separated subset of pmm,ddpm,ddim,dpmsolver++ (default all)",
+    )
+    diff.add_argument(
+        "--nfes",
+        type=_int_list,
+        default=[10, 20, 50, 80, 100, 200, 1000],
+        help="network-evaluation budgets per sample (default 10,20,50,80,100,200,1000)",
+    )
+    diff.add_argument(
+        "--add",
+        action="append",
+        type=_run_spec,
+        default=[],
+        metavar="METHOD:NFE",
+        help="an extra run beyond the --nfes grid, e.g. ddpm:1000 (repeatable)",
+    )
+    diff.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 (default 3)")
+    diff.add_argument(
+        "--n-samples", type=_sample_count, default=2000, help="samples per run (default 2000)"
+    )
+    diff.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    diff.add_argument("--no-plots", action="store_true", help="skip the figure")
+    diff.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _make_samplers(names: Sequence[str], K: int | None, max_treedepth: int | None) -> dict:
+    import functools
+
+    import pymc as pm
+
+    from pmm_pymc.steps import LangevinMC, PoissonMidpoint
+
+    factories = {
+        "PMM": functools.partial(PoissonMidpoint, K=K) if K is not None else PoissonMidpoint,
+        "LMC": LangevinMC,
+        "NUTS": (
+            functools.partial(pm.NUTS, max_treedepth=max_treedepth)
+            if max_treedepth is not None
+            else pm.NUTS
+        ),
+    }
+    return {name: factories[name] for name in names}
+
+
+def _run_mcmc(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    from pmm_pymc.compare.report import check_netcdf_engine, check_output_dir
+    from pmm_pymc.posteriors import list_posteriors
+
+    valid = list_posteriors()
+    if args.posterior == "all":
+        names = list(valid)
+    elif args.posterior in valid:
+        names = [args.posterior]
+    else:
+        parser.error(f"unknown posterior {args.posterior!r}; valid: {', '.join(valid)}, or 'all'")
+    unknown = [s for s in args.samplers if s not in _SAMPLERS]
+    if unknown:
+        parser.error(f"unknown sampler(s) {unknown}; valid: {', '.join(_SAMPLERS)}")
+    if len(set(args.samplers)) != len(args.samplers):
+        parser.error(f"--samplers lists a sampler twice: {args.samplers}")
+    try:
+        check_netcdf_engine()
+        out = check_output_dir(args.out, overwrite=args.overwrite)
+    except (FileExistsError, ModuleNotFoundError) as err:
+        parser.error(str(err))
+
+    from tqdm.auto import tqdm
+
+    from pmm_pymc.compare.mcmc import compare_samplers
+    from pmm_pymc.compare.report import write_mcmc_report
+    from pmm_pymc.posteriors import load_model, load_reference
+
+    progress = not args.no_progress
+    results = {}
+    for name in tqdm(names, desc="posteriors", disable=not progress):
+        results[name] = compare_samplers(
+            load_model(name),
+            _make_samplers(args.samplers, args.K, args.max_treedepth),
+            draws=args.draws,
+            tune=args.tune,
+            chains=args.chains,
+            random_seed=args.seed,
+            reference=load_reference(name),
+            progressbar=progress,
+        )
+    report = write_mcmc_report(
+        results,
+        out,
+        command=shlex.join(["pmm-compare", *argv]),
+        make_plots=not args.no_plots,
+        progressbar=progress,
+    )
+    print(f"wrote {report}")
+    return 0
+
+
+def _run_diffusion(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]
+) -> int:
+    try:
+        from pmm_pymc.compare.diffusion import list_diffusion_testbeds
+    except ModuleNotFoundError as err:  # torch is an extra
+        parser.error(f"the diffusion comparison needs torch ({err}); pip install 'pmm-pymc[torch]'")
+    from pmm_pymc.diffusion import METHODS
+
+    valid = list_diffusion_testbeds()
+    if args.testbed not in valid:
+        parser.error(f"unknown testbed {args.testbed!r}; valid: {', '.join(valid)}")
+    methods = list(METHODS) if args.methods is None else args.methods
+    unknown = [m for m in [*methods, *(m for m, _ in args.add)] if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
+    grid = {m: list(args.nfes) for m in methods}
+    for method, nfe in args.add:
+        grid.setdefault(method, [])
+        if nfe not in grid[method]:
+            grid[method].append(nfe)
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        parser.error(f"invalid --device {args.device!r}: {err}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device!r} requested but CUDA is not available here")
+    try:
+        from pmm_pymc.compare.report import check_netcdf_engine, check_output_dir
+
+        check_netcdf_engine()
+        out = check_output_dir(args.out, overwrite=args.overwrite)
+    except (FileExistsError, ModuleNotFoundError) as err:
+        parser.error(str(err))
+
+    from pmm_pymc.compare.diffusion import compare_diffusion
+    from pmm_pymc.compare.report import write_diffusion_report
+
+    result = compare_diffusion(
+        args.testbed,
+        list(grid),
+        grid,
+        seeds=list(range(args.seeds)),
+        n_samples=args.n_samples,
+        device=device,
+        progressbar=not args.no_progress,
+    )
+    report = write_diffusion_report(
+        result, out, command=shlex.join(["pmm-compare", *argv]), make_plots=not args.no_plots
+    )
+    print(f"wrote {report}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``pmm-compare``.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status (0 on success; usage errors exit with status 2).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "mcmc":
+        return _run_mcmc(args, parser, argv)
+    return _run_diffusion(args, parser, argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

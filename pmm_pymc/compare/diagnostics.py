@@ -1,0 +1,309 @@
+"""Per-variable diagnostics of MCMC draws, from ArviZ, and their error against reference draws.
+
+Every convergence diagnostic here is ArviZ's (``arviz_stats.ess``, ``rhat``, ``mcse``); this
+module only lays them out as one tidy row per scalar component of each variable, divides the
+effective sample sizes by the gradient evaluations that bought them, and compares the draws with
+reference draws in units of the reference standard deviation.
+
+Component order: a variable of shape ``(3, 2)`` has six components, flattened in C order over
+its non-sample dims (as :meth:`xarray.DataArray.to_series` does), labelled ``name[i, j]`` with the
+coordinate values. Reference draws are matched positionally, so the reference may use other
+dim names than the model (posteriordb and PyMC often do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import arviz_stats as azs
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.stats import wasserstein_distance
+
+__all__ = [
+    "SAMPLE_DIMS",
+    "component_labels",
+    "error_curve",
+    "gradient_evaluations",
+    "reference_errors",
+    "variable_diagnostics",
+]
+
+SAMPLE_DIMS = ("chain", "draw")
+
+
+def _event_dims(da: xr.DataArray) -> list[str]:
+    return [d for d in da.dims if d not in SAMPLE_DIMS]
+
+
+def _flat_draws(da: xr.DataArray) -> np.ndarray:
+    """Draws of one variable as an array ``(chain, draw, n_components)``."""
+    da = da.transpose(*SAMPLE_DIMS, ...)
+    return np.asarray(da.values, dtype=float).reshape(da.sizes["chain"], da.sizes["draw"], -1)
+
+
+def component_labels(da: xr.DataArray) -> list[str]:
+    """Labels ``name[i, j]`` of the scalar components of a variable, in C order.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        The variable, with or without the sample dims.
+
+    Returns
+    -------
+    list of str
+        ``[name]`` for a scalar variable.
+    """
+    dims = _event_dims(da)
+    if not dims:
+        return [str(da.name)]
+    axes = [da.coords[d].values if d in da.coords else np.arange(da.sizes[d]) for d in dims]
+    grids = np.meshgrid(*axes, indexing="ij")
+    flat = [g.reshape(-1) for g in grids]
+    return [f"{da.name}[{', '.join(str(f[i]) for f in flat)}]" for i in range(flat[0].size)]
+
+
+def _flatten_stat(ds: xr.Dataset, var: str, like: xr.DataArray) -> np.ndarray:
+    """One ArviZ result variable flattened in the component order of ``like``."""
+    da = ds[var]
+    return np.asarray(da.transpose(*_event_dims(like)).values, dtype=float).reshape(-1)
+
+
+def gradient_evaluations(sample_stats: xr.Dataset) -> xr.DataArray:
+    """Gradient evaluations of every draw, ``(chain, draw)``, from the ``n_steps`` stats.
+
+    A compound step reports one ``n_steps`` per gradient-based method (PyMC prefixes
+    duplicates, e.g. ``sampler_0__n_steps``); they are summed.
+
+    Parameters
+    ----------
+    sample_stats : xarray.Dataset
+        The ``sample_stats`` group of a PyMC run.
+
+    Returns
+    -------
+    xarray.DataArray
+
+    Raises
+    ------
+    ValueError
+        If no ``n_steps`` statistic is present.
+    """
+    names = [n for n in sample_stats.data_vars if str(n) == "n_steps" or str(n).endswith("n_steps")]
+    if not names:
+        raise ValueError(
+            "the sampler reports no 'n_steps' statistic (gradient evaluations per draw); "
+            f"its statistics are {sorted(map(str, sample_stats.data_vars))}"
+        )
+    total = sum(sample_stats[n].astype(float) for n in names)
+    return total.transpose(*SAMPLE_DIMS)
+
+
+def variable_diagnostics(
+    posterior: xr.Dataset,
+    *,
+    var_names: Sequence[str] | None = None,
+    grad_evals: float | None = None,
+) -> pd.DataFrame:
+    """ArviZ diagnostics, one row per scalar component of each variable.
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset
+        Draws with dims ``chain`` and ``draw``.
+    var_names : sequence of str, optional
+        Variables to report; default all.
+    grad_evals : float, optional
+        Gradient evaluations that produced the draws (all chains together); adds the
+        columns ``ess_bulk_per_1k_grad`` and ``ess_tail_per_1k_grad``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``variable``, ``label``, ``mean``, ``sd``, ``ess_bulk``, ``ess_tail``,
+        ``r_hat``, ``mcse_mean`` and, with ``grad_evals``, the ESS per 1000 gradient
+        evaluations. ``ess_*`` from :func:`arviz_stats.ess` (methods ``"bulk"``,
+        ``"tail"``), ``r_hat`` from :func:`arviz_stats.rhat` (rank-normalised split R-hat,
+        NaN with a single chain), ``mcse_mean`` from :func:`arviz_stats.mcse`.
+    """
+    names = list(posterior.data_vars) if var_names is None else list(var_names)
+    ds = posterior[names]
+    ess_bulk = azs.ess(ds, method="bulk")
+    ess_tail = azs.ess(ds, method="tail")
+    r_hat = azs.rhat(ds)
+    mcse_mean = azs.mcse(ds, method="mean")
+    rows = []
+    for var in names:
+        da = ds[var]
+        draws = _flat_draws(da).reshape(-1, _flat_draws(da).shape[-1])
+        columns = {
+            "label": component_labels(da),
+            "mean": draws.mean(axis=0),
+            "sd": draws.std(axis=0, ddof=1)
+            if draws.shape[0] > 1
+            else np.full(draws.shape[1], np.nan),
+            "ess_bulk": _flatten_stat(ess_bulk, var, da),
+            "ess_tail": _flatten_stat(ess_tail, var, da),
+            "r_hat": _flatten_stat(r_hat, var, da),
+            "mcse_mean": _flatten_stat(mcse_mean, var, da),
+        }
+        frame = pd.DataFrame(columns)
+        frame.insert(0, "variable", str(var))
+        rows.append(frame)
+    table = pd.concat(rows, ignore_index=True)
+    if grad_evals is not None:
+        scale = 1000.0 / float(grad_evals) if grad_evals > 0 else np.nan
+        table["ess_bulk_per_1k_grad"] = table["ess_bulk"] * scale
+        table["ess_tail_per_1k_grad"] = table["ess_tail"] * scale
+    return table
+
+
+def _reference_dataset(reference: xr.DataTree | xr.Dataset) -> xr.Dataset:
+    if isinstance(reference, xr.DataTree):
+        return reference["posterior"].to_dataset()
+    return reference
+
+
+def reference_errors(
+    posterior: xr.Dataset,
+    reference: xr.DataTree | xr.Dataset,
+    *,
+    var_names: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Error of the draws' means, sds and marginals against reference draws.
+
+    For each scalar component, with ``m, s`` the mean and sd (``ddof=1``) of all draws and
+    ``m_ref, s_ref`` those of the reference draws:
+
+    * ``mean_err = (m - m_ref) / s_ref``
+    * ``sd_err = (s - s_ref) / s_ref``
+    * ``w1 = W1(draws, reference draws) / s_ref``, the 1-D Wasserstein distance of the
+      two empirical marginals (:func:`scipy.stats.wasserstein_distance`).
+
+    All three are in units of the reference sd, so they compare across variables and
+    posteriors. The Monte-Carlo error of the reference itself is not removed.
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset
+        Draws with dims ``chain`` and ``draw``.
+    reference : xarray.DataTree or xarray.Dataset
+        Reference draws (a DataTree's ``posterior`` group is used). Components are matched
+        by position within each variable.
+    var_names : sequence of str, optional
+        Variables to compare; default the reference variables that are in ``posterior``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``variable``, ``label``, ``ref_mean``, ``ref_sd``, ``mean_err``,
+        ``sd_err``, ``w1``.
+
+    Raises
+    ------
+    ValueError
+        If a variable is missing from either side or the sizes differ.
+    """
+    ref = _reference_dataset(reference)
+    if var_names is None:
+        var_names = [v for v in ref.data_vars if v in posterior.data_vars]
+        if not var_names:
+            raise ValueError(
+                "reference and draws share no variable: reference has "
+                f"{sorted(map(str, ref.data_vars))}, draws have "
+                f"{sorted(map(str, posterior.data_vars))}"
+            )
+    rows = []
+    for var in var_names:
+        for side, ds in (("draws", posterior), ("reference", ref)):
+            if var not in ds.data_vars:
+                raise ValueError(f"variable {var!r} is missing from the {side}")
+        da = posterior[var]
+        x = _flat_draws(da)
+        r = _flat_draws(ref[var])
+        if x.shape[-1] != r.shape[-1]:
+            raise ValueError(
+                f"variable {var!r} has {x.shape[-1]} components in the draws and "
+                f"{r.shape[-1]} in the reference"
+            )
+        x = x.reshape(-1, x.shape[-1])
+        r = r.reshape(-1, r.shape[-1])
+        ref_mean = r.mean(axis=0)
+        ref_sd = r.std(axis=0, ddof=1)
+        w1 = np.array(
+            [wasserstein_distance(x[:, j], r[:, j]) for j in range(x.shape[1])], dtype=float
+        )
+        frame = pd.DataFrame(
+            {
+                "label": component_labels(da),
+                "ref_mean": ref_mean,
+                "ref_sd": ref_sd,
+                "mean_err": (x.mean(axis=0) - ref_mean) / ref_sd,
+                "sd_err": (x.std(axis=0, ddof=1) - ref_sd) / ref_sd,
+                "w1": w1 / ref_sd,
+            }
+        )
+        frame.insert(0, "variable", str(var))
+        rows.append(frame)
+    return pd.concat(rows, ignore_index=True)
+
+
+def error_curve(
+    posterior: xr.Dataset,
+    grad_per_draw: xr.DataArray,
+    reference: xr.DataTree | xr.Dataset,
+    *,
+    var_names: Sequence[str] | None = None,
+    n_points: int = 12,
+    min_draws: int = 10,
+) -> pd.DataFrame:
+    """Error against the reference as a function of the gradient evaluations spent.
+
+    The chains' first ``n`` draws are compared with the reference for ``n_points`` prefix
+    lengths ``n`` spaced geometrically from ``min_draws`` to all draws; the cost of a prefix
+    is the gradient evaluations of its draws, summed over chains.
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset
+        Draws with dims ``chain`` and ``draw``.
+    grad_per_draw : xarray.DataArray
+        Gradient evaluations of each draw, dims ``(chain, draw)``
+        (see :func:`gradient_evaluations`).
+    reference : xarray.DataTree or xarray.Dataset
+        Reference draws.
+    var_names : sequence of str, optional
+        Variables to compare (default: those shared with the reference).
+    n_points : int, default 12
+        Number of prefix lengths.
+    min_draws : int, default 10
+        Shortest prefix, in draws per chain.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``draws`` (per chain), ``grad_evals`` (all chains), ``max_abs_mean_err``,
+        ``rms_mean_err``, ``max_abs_sd_err``, ``mean_w1``, the errors of
+        :func:`reference_errors` reduced over components.
+    """
+    n_draws = posterior.sizes["draw"]
+    lo = max(1, min(min_draws, n_draws))
+    lengths = np.unique(np.geomspace(lo, n_draws, num=max(1, n_points)).round().astype(int))
+    cum = np.cumsum(np.asarray(grad_per_draw.transpose(*SAMPLE_DIMS).values, float), axis=1)
+    rows = []
+    for n in lengths:
+        prefix = posterior.isel(draw=slice(0, int(n)))
+        errs = reference_errors(prefix, reference, var_names=var_names)
+        rows.append(
+            {
+                "draws": int(n),
+                "grad_evals": float(cum[:, int(n) - 1].sum()),
+                "max_abs_mean_err": float(errs["mean_err"].abs().max()),
+                "rms_mean_err": float(np.sqrt((errs["mean_err"] ** 2).mean())),
+                "max_abs_sd_err": float(errs["sd_err"].abs().max()),
+                "mean_w1": float(errs["w1"].mean()),
+            }
+        )
+    return pd.DataFrame(rows)
