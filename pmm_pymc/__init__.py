@@ -1,7 +1,7 @@
 """pmm-pymc: the Poisson Midpoint Method for Langevin dynamics, for PyMC and PyTorch.
 
-``from pmm_pymc import PoissonMidpoint, LangevinMC`` gives the PyMC step methods;
-they are loaded lazily so that ``pmm_pymc.core`` and the torch modules do not
+``from pmm_pymc import PoissonMidpoint, LangevinMC, sample_chains`` gives the PyMC
+samplers; they are loaded lazily so that ``pmm_pymc.core`` and the torch modules do not
 import PyMC.
 """
 
@@ -19,9 +19,14 @@ __all__ = [
     "__version__",
     "langevin_chain",
     "pmm_step",
+    "sample_chains",
 ]
 
-_LAZY = {"PoissonMidpoint": "pmm_pymc.steps", "LangevinMC": "pmm_pymc.steps"}
+_LAZY = {
+    "PoissonMidpoint": "pmm_pymc.steps",
+    "LangevinMC": "pmm_pymc.steps",
+    "sample_chains": "pmm_pymc.chains",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -48,6 +48,7 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -159,6 +160,17 @@ def correction_weights(chain: AffineChain) -> tuple[float, ...]:
     return tuple(weights)
 
 
+_correction_weights_lru = functools.lru_cache(maxsize=256)(correction_weights)
+
+
+def _cached_correction_weights(chain: AffineChain) -> tuple[float, ...]:
+    """:func:`correction_weights`, memoised: samplers reuse one chain for many blocks."""
+    try:
+        return _correction_weights_lru(chain)
+    except TypeError:  # coefficients given as unhashable sequences
+        return correction_weights(chain)
+
+
 def fired_from_mask(mask: np.ndarray, like: Array | None = None) -> list[Array | None]:
     """Turn a host boolean mask ``(K, B)`` of fired midpoints into index arrays.
 
@@ -196,7 +208,10 @@ def fired_from_mask(mask: np.ndarray, like: Array | None = None) -> list[Array |
 def _index_add(xp: Any, target: Array, index: Array, values: Array) -> Array:
     """``target`` with ``values`` added at rows ``index`` (repeated rows accumulate)."""
     if is_torch_array(target):
-        return target.index_add(0, index, values)
+        # The same sum as ``index_add``; on the CPU ``index_put(accumulate=True)`` is several
+        # times faster for the few rows PMM corrects, and insensitive to thread contention
+        # (benchmarks/bench_speed_diffusion.py, docs/performance.md).
+        return target.index_put((index,), values, accumulate=True)
     out = xp.asarray(target, copy=True)
     np.add.at(out, index, values)
     return out
@@ -264,7 +279,7 @@ def pmm_step(
         raise ValueError(
             f"drift returned shape {tuple(b_mid.shape)} for points of shape {tuple(stacked.shape)}"
         )
-    weights = correction_weights(chain)
+    weights = _cached_correction_weights(chain)
     x_new = endpoint
     start = 0
     for i, idx in groups:

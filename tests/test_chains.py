@@ -1,0 +1,488 @@
+"""sample_chains: many PMM/LMC chains in one vectorised compiled call per evaluation."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import numpy as np
+import pymc as pm
+import pytest
+from test_core import exact_stationary_variance
+
+from pmm_pymc.adaptation import langevin_log_accept_ratio
+from pmm_pymc.chains import (
+    DEFAULT_K,
+    BatchedLogpGrad,
+    _adaptation_windows,
+    _gap_noise,
+    _PooledVariance,
+    batched_log_accept_ratio,
+    sample_chains,
+)
+from pmm_pymc.steps import LangevinMC, PoissonMidpoint
+
+SIGMA = np.array([1.0, 2.0])
+
+
+@pytest.fixture(scope="module")
+def gauss():
+    """Independent N(0, SIGMA^2): the stationary law of PMM/LMC is known exactly."""
+    with pm.Model() as model:
+        pm.Normal("x", 0.0, SIGMA, shape=2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def rich():
+    """Coords, data, a transformed variable, a deterministic and an observation."""
+    rng = np.random.default_rng(0)
+    with pm.Model(coords={"g": ["a", "b", "c"]}) as model:
+        d = pm.Data("d", np.arange(3.0), dims="g")
+        mu = pm.Normal("mu", 0.0, 1.0, dims="g")
+        s = pm.HalfNormal("s", 1.0)
+        pm.Deterministic("mu2", 2.0 * mu + d, dims="g")
+        pm.Normal("y", mu, s, observed=rng.normal(size=(5, 3)))
+    return model
+
+
+def _per_chain_moments(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-chain time averages of x and x^2, shapes (C, d): independent across chains."""
+    return draws.mean(axis=1), (draws**2).mean(axis=1)
+
+
+@pytest.mark.parametrize(
+    ("method", "K", "gap_noise"), [("lmc", None, False), ("pmm", 4, False), ("pmm", 8, True)]
+)
+def test_fixed_step_matches_exact_stationary_law(gauss, method, K, gap_noise, monkeypatch):
+    """Fixed eta, M = I: means 0 and variances sigma^2 V(eta / sigma^2, K) exactly.
+
+    ``gap_noise`` forces the noise drawn per gap between fired midpoints (used
+    for large batches), which must leave the law unchanged.
+
+    V is the exact stationary variance of PMM on N(0, 1) (tests/test_core.py);
+    on N(0, sigma^2) the chain in x / sigma is PMM with step eta / sigma^2.
+    Tolerance: 4 standard errors of the mean over chains of the per-chain time
+    averages (chains are independent, so that standard error is exact up to its
+    own estimate). At eta = 0.2 LMC's bias on the unit coordinate (+11%) is
+    about 10 standard errors, so a wrong stationary law cannot pass.
+    """
+    import pmm_pymc.chains as chains_module
+
+    if gap_noise:
+        monkeypatch.setattr(chains_module, "_GAP_NOISE_MIN_SIZE", 0)
+    eta, chains, draws = 0.2, 200, 1000
+    idata = sample_chains(
+        gauss,
+        chains=chains,
+        draws=draws,
+        tune=100,
+        method=method,
+        K=K,
+        step_size=eta,
+        adapt_step_size=False,
+        precondition=None,
+        random_seed=11,
+    )
+    x = idata.posterior["x"].values  # (chain, draw, 2)
+    m1, m2 = _per_chain_moments(x)
+    k = 1 if method == "lmc" else K
+    expected_var = SIGMA**2 * np.array([exact_stationary_variance(eta / s**2, k) for s in SIGMA])
+    se1 = m1.std(axis=0, ddof=1) / np.sqrt(chains)
+    se2 = m2.std(axis=0, ddof=1) / np.sqrt(chains)
+    np.testing.assert_array_less(np.abs(m1.mean(axis=0)), 4 * se1)
+    np.testing.assert_array_less(np.abs(m2.mean(axis=0) - expected_var), 4 * se2)
+    if method == "lmc":  # the test has the power to see LMC's discretisation bias
+        assert abs(m2.mean(axis=0)[0] - 1.0) > 4 * se2[0]
+
+
+def test_adapted_defaults_get_the_posterior(gauss):
+    """Default adaptation on N(0, diag(1, 4)): means and variances right.
+
+    Tolerance: means within 4 standard errors; variances within 4 standard
+    errors plus the discretisation bias at the adapted step. With the pooled
+    diagonal preconditioner M ~ diag(sigma^2), each coordinate is PMM on
+    N(0, 1) at step eta, whose exact stationary variance is V(eta, K); the
+    preconditioner is estimated, so we allow V at eta * (1 +- 0.25).
+    """
+    chains = 128
+    idata = sample_chains(gauss, chains=chains, draws=500, tune=500, random_seed=3)
+    eta = float(idata.sample_stats["step_size"].values[0, 0])
+    assert np.all(idata.sample_stats["step_size"].values == eta)  # pooled: one step size
+    x = idata.posterior["x"].values
+    m1, m2 = _per_chain_moments(x)
+    se1 = m1.std(axis=0, ddof=1) / np.sqrt(chains)
+    se2 = m2.std(axis=0, ddof=1) / np.sqrt(chains)
+    np.testing.assert_array_less(np.abs(m1.mean(axis=0)), 4 * se1)
+    lo = exact_stationary_variance(0.75 * eta, DEFAULT_K) - 1.0
+    hi = exact_stationary_variance(1.25 * eta, DEFAULT_K) - 1.0
+    rel = m2.mean(axis=0) / SIGMA**2 - 1.0
+    assert np.all(rel > lo - 4 * se2 / SIGMA**2), (rel, lo, se2)
+    assert np.all(rel < hi + 4 * se2 / SIGMA**2), (rel, hi, se2)
+    assert not idata.sample_stats["diverging"].values.any()
+
+
+@pytest.mark.parametrize(("step_class", "discard"), [(PoissonMidpoint, False), (LangevinMC, True)])
+def test_layout_matches_pm_sample(rich, step_class, discard):
+    """Same groups, variables, dims, coords, stat names and dtypes as pm.sample."""
+    method = "pmm" if step_class is PoissonMidpoint else "lmc"
+    with rich:
+        ref = pm.sample(
+            step=step_class(),
+            draws=5,
+            tune=5,
+            chains=2,
+            cores=1,
+            progressbar=False,
+            compute_convergence_checks=False,
+            random_seed=1,
+            discard_tuned_samples=discard,
+        )
+    ours = sample_chains(
+        rich,
+        chains=3,
+        draws=7,
+        tune=5,
+        method=method,
+        random_seed=1,
+        discard_tuned_samples=discard,
+    )
+    assert set(ours.children) == set(ref.children)
+    for group in ref.children:
+        r, o = ref[group].dataset, ours[group].dataset
+        assert set(o.data_vars) == set(r.data_vars), group
+        for name in r.data_vars:
+            assert o[name].dims == r[name].dims, (group, name)
+            assert o[name].dtype == r[name].dtype, (group, name)
+        for dim in set(r.dims) - {"chain", "draw"}:
+            np.testing.assert_array_equal(o[dim].values, r[dim].values)
+        assert set(o.attrs) == set(r.attrs), group
+    assert ours.posterior.sizes["chain"] == 3 and ours.posterior.sizes["draw"] == 7
+    if not discard:
+        assert ours.warmup_posterior.sizes["draw"] == 5
+    post = ours.posterior
+    # constrained space and deterministics, from the model's own graphs
+    assert np.all(post["s"].values > 0)
+    np.testing.assert_allclose(post["mu2"].values, 2 * post["mu"].values + np.arange(3.0))
+    stats = ours.sample_stats
+    if method == "pmm":
+        np.testing.assert_array_equal(stats["n_steps"].values, 1 + stats["n_midpoints"].values)
+    else:
+        assert np.all(stats["n_steps"].values == 1)
+
+
+def test_lp_is_the_model_logp_of_the_draws(rich):
+    """sample_stats.lp is the model's log density (unconstrained space) at each kept draw."""
+    idata = sample_chains(rich, chains=2, draws=3, tune=10, random_seed=5)
+    logp_fn = rich.compile_logp()
+    post = idata.posterior
+    for c in range(2):
+        for d in range(3):
+            point = {
+                "mu": post["mu"].values[c, d],
+                "s_log__": np.log(post["s"].values[c, d]),
+            }
+            assert idata.sample_stats["lp"].values[c, d] == pytest.approx(logp_fn(point))
+
+
+def test_reproducible_with_random_seed(gauss):
+    """The same seed gives identical draws and stats; another seed does not."""
+    kw = {"chains": 8, "draws": 20, "tune": 30}
+    a = sample_chains(gauss, random_seed=42, **kw)
+    b = sample_chains(gauss, random_seed=42, **kw)
+    c = sample_chains(gauss, random_seed=43, **kw)
+    np.testing.assert_array_equal(a.posterior["x"].values, b.posterior["x"].values)
+    for name in a.sample_stats.data_vars:
+        np.testing.assert_array_equal(a.sample_stats[name].values, b.sample_stats[name].values)
+    assert not np.array_equal(a.posterior["x"].values, c.posterior["x"].values)
+
+
+def test_draws_do_not_depend_on_cores(rich, monkeypatch):
+    """Splitting the batched calls over threads changes no number (rows do not interact)."""
+    import pmm_pymc.chains as chains_module
+
+    monkeypatch.setattr(chains_module, "MIN_ROWS_PER_THREAD", 1)  # split even 6 chains
+    monkeypatch.setattr(chains_module, "SPLIT_SECONDS", 0.0)  # of a cheap model
+    kw = {"chains": 6, "draws": 10, "tune": 20, "random_seed": 7}
+    one = sample_chains(rich, cores=1, **kw)
+    three = sample_chains(rich, cores=3, **kw)
+    for name in one.posterior.data_vars:
+        np.testing.assert_array_equal(one.posterior[name].values, three.posterior[name].values)
+    np.testing.assert_array_equal(one.sample_stats["lp"].values, three.sample_stats["lp"].values)
+
+
+def test_chains_are_independent(gauss):
+    """All chains start at one point (jitter=False); independent noise decorrelates them.
+
+    If the chains shared noise, the mean over the C chains would fluctuate in
+    time with the variance of one chain; independent chains give 1/C of it. The
+    ratio's estimate has a relative error of about 10% (1000 draws,
+    autocorrelation time about 5), so the band [0.5, 2] is wide; shared noise
+    would give a ratio of about C = 64.
+    """
+    chains = 64
+    idata = sample_chains(
+        gauss,
+        chains=chains,
+        draws=1000,
+        tune=50,
+        method="lmc",
+        step_size=0.2,
+        adapt_step_size=False,
+        precondition=None,
+        jitter=False,
+        random_seed=2,
+    )
+    x = idata.posterior["x"].values[..., 0]  # (chain, draw)
+    ratio = x.mean(axis=0).var() / (x.var() / chains)
+    assert 0.5 < ratio < 2.0, ratio
+    first = (
+        sample_chains(
+            gauss,
+            chains=4,
+            draws=1,
+            tune=0,
+            step_size=0.2,
+            adapt_step_size=False,
+            precondition=None,
+            jitter=False,
+            random_seed=2,
+        )
+        .posterior["x"]
+        .values[:, 0, 0]
+    )
+    assert len(np.unique(first)) == 4  # one step from the same point already differs
+
+
+def test_midpoint_counts(gauss):
+    """n_midpoints is Binomial(K - 1, 1/K) per draw: mean (K - 1)/K within 4 standard errors."""
+    K = 8
+    idata = sample_chains(gauss, chains=100, draws=200, tune=20, K=K, random_seed=4)
+    n_mid = idata.sample_stats["n_midpoints"].values
+    p = 1.0 / K
+    se = np.sqrt((K - 1) * p * (1 - p) / n_mid.size)
+    assert abs(n_mid.mean() - (K - 1) * p) < 4 * se
+    np.testing.assert_array_equal(idata.sample_stats["n_steps"].values, 1 + n_mid)
+
+
+def test_divergent_moves_are_rejected(gauss):
+    """A step far past stability: every move is a divergence and the chains stay put."""
+    with pytest.warns(UserWarning, match="divergences"):
+        idata = sample_chains(
+            gauss,
+            chains=4,
+            draws=10,
+            tune=0,
+            method="lmc",
+            step_size=1e6,
+            adapt_step_size=False,
+            precondition=None,
+            random_seed=0,
+        )
+    assert idata.sample_stats["diverging"].values.all()
+    x = idata.posterior["x"].values
+    np.testing.assert_array_equal(x, np.broadcast_to(x[:, :1], x.shape))
+    assert np.all(np.isfinite(x))
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_batched_logp_grad_equals_pymc(rich, vectorize):
+    """Each row of the batched call equals pymc's own compiled logp and dlogp at that point."""
+    value_vars = rich.continuous_value_vars
+    point = rich.initial_point(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the vectorised path must not fall back silently
+        f = BatchedLogpGrad(rich, value_vars, point, vectorize=vectorize)
+    assert f.vectorized is vectorize and f.n_dim == 4
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(5, 4))
+    logp, grad = f(xs)
+    logp_fn, dlogp_fn = rich.compile_logp(), rich.compile_dlogp()
+    for r in range(5):
+        p = {"mu": xs[r, :3], "s_log__": xs[r, 3]}
+        assert logp[r] == pytest.approx(logp_fn(p), rel=1e-12)
+        np.testing.assert_allclose(grad[r], dlogp_fn(p), rtol=1e-10)
+    with pytest.raises(ValueError, match="points must have shape"):
+        f(xs[:, :3])
+
+
+def test_batched_mixture_logp_has_no_blockwise_loop():
+    """pm.Mixture's LogSumExp is vectorised as a reduction, not a Blockwise loop; rows exact."""
+    from pytensor.tensor.blockwise import Blockwise
+
+    sd = np.array([0.5, 1.0, 2.0])
+    with pm.Model() as model:
+        pm.Mixture(
+            "x",
+            w=[0.3, 0.7],
+            comp_dists=[pm.Normal.dist(-1.5 * sd, sd), pm.Normal.dist(1.5 * sd, sd)],
+            shape=3,
+        )
+    f = BatchedLogpGrad(model, model.continuous_value_vars, model.initial_point(0))
+    ops = [node.op for node in f._fn.maker.fgraph.toposort()]
+    assert not any(isinstance(op, Blockwise) and "LogSumExp" in str(op) for op in ops)
+    xs = np.random.default_rng(3).normal(size=(4, 3)) * 3
+    logp, grad = f(xs)
+    logp_fn, dlogp_fn = model.compile_logp(), model.compile_dlogp()
+    for r in range(4):
+        assert logp[r] == pytest.approx(logp_fn({"x": xs[r]}), rel=1e-12)
+        np.testing.assert_allclose(grad[r], dlogp_fn({"x": xs[r]}), rtol=1e-10)
+
+
+def test_batched_log_accept_ratio_equals_per_chain():
+    """Row-wise equal to pmm_pymc.adaptation.langevin_log_accept_ratio, -inf where not finite."""
+    rng = np.random.default_rng(1)
+    B, d = 6, 3
+    args = [rng.normal(size=B), rng.normal(size=B)] + [rng.normal(size=(B, d)) for _ in range(4)]
+    args[1][2] = np.nan
+    inv_mass = rng.uniform(0.5, 2.0, size=d)
+    for im in (None, inv_mass):
+        got = batched_log_accept_ratio(*args, 0.3, im)
+        for r in range(B):
+            want = langevin_log_accept_ratio(*(a[r] for a in args), 0.3, im)
+            assert got[r] == pytest.approx(want, rel=1e-12) or got[r] == want == -np.inf
+
+
+def test_gap_noise_has_the_random_walk_law_at_the_fired_substeps():
+    """Partial sums S_i = sum_{j<i} noise[j] at fired i and at K: Var S_i = i, Cov = min.
+
+    One pattern (K = 8, midpoints 3 and 5 fire) in 40000 columns: the sample
+    covariance of (S_3, S_5, S_8) must equal min(i, i') within 4 standard errors
+    (the standard error of a sample covariance of Gaussians is
+    sqrt((s_ii s_jj + s_ij^2) / n)). Rows between firings are zero.
+    """
+    K, C = 8, 40000
+    mask = np.zeros((K, C), dtype=bool)
+    mask[[3, 5]] = True
+    noise = _gap_noise(np.random.default_rng(0), mask, 1)[..., 0]
+    assert np.all(noise[[1, 2, 4, 6, 7]] == 0)
+    sums = np.cumsum(noise, axis=0)
+    s = np.stack([sums[2], sums[4], sums[7]])  # S_3, S_5, S_8
+    cov = np.cov(s)
+    want = np.minimum.outer([3, 5, 8], [3, 5, 8]).astype(float)
+    se = np.sqrt((np.outer(np.diag(want), np.diag(want)) + want**2) / C)
+    np.testing.assert_array_less(np.abs(cov - want), 4 * se)
+    one = _gap_noise(np.random.default_rng(1), np.zeros((1, 3), dtype=bool), 2)
+    np.testing.assert_array_equal(one, np.random.default_rng(1).standard_normal((1, 3, 2)))
+
+
+def test_adaptation_windows_follow_stan():
+    assert _adaptation_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
+    assert _adaptation_windows(10) == []
+    windows = _adaptation_windows(100)  # short warm-up: 15% / 75% / 10%
+    assert windows[0][0] == 15 and windows[-1][1] == 90
+
+
+def test_pooled_variance_matches_numpy():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(7, 50, 3)) * [1.0, 2.0, 3.0] + 5.0
+    acc = _PooledVariance.empty(3)
+    for block in rows:
+        acc.add(block)
+    np.testing.assert_allclose(acc.m2 / (acc.n - 1), rows.reshape(-1, 3).var(axis=0, ddof=1))
+
+
+def test_default_K_is_the_step_default():
+    assert inspect.signature(PoissonMidpoint.__init__).parameters["K"].default == DEFAULT_K
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"chains": 0}, "chains must be an integer >= 1, got 0"),
+        ({"chains": 2.5}, "chains must be an integer >= 1, got 2.5"),
+        ({"chains": True}, "chains must be an integer >= 1, got True"),
+        ({"draws": 0}, "draws must be an integer >= 1, got 0"),
+        ({"tune": -1}, "tune must be an integer >= 0, got -1"),
+        ({"method": "nuts"}, "method must be 'pmm' or 'lmc', got 'nuts'"),
+        ({"K": 0}, "K must be an integer >= 1, got 0"),
+        ({"K": 2.5}, "K must be an integer >= 1, got 2.5"),
+        ({"method": "lmc", "K": 4}, "K must be None or 1 with method='lmc', got 4"),
+        ({"step_size": -0.1}, "step_size must be a finite number > 0 or None, got -0.1"),
+        ({"step_size": np.inf}, "step_size must be a finite number > 0 or None, got inf"),
+        ({"step_size": float("nan")}, "step_size must be a finite number > 0 or None, got nan"),
+        ({"adapt_step_size": False}, "step_size=None needs adapt_step_size=True"),
+        ({"target_accept": 1.0}, "target_accept must be a number in \\(0, 1\\), got 1.0"),
+        ({"max_energy_error": 0}, "max_energy_error must be a number > 0, got 0"),
+        ({"cores": 0}, "cores must be an integer >= 1, got 0"),
+        ({"discard_tuned_samples": 1}, "discard_tuned_samples must be True or False, got 1"),
+        ({"precondition": "full"}, "precondition must be 'diag' or None, got 'full'"),
+        ({"backend": "jax"}, "backend must be one of \\['c', 'numba'\\], got 'jax'"),
+    ],
+)
+def test_bad_options_raise(gauss, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sample_chains(gauss, **kwargs)
+
+
+def test_discrete_variables_raise():
+    with pm.Model() as model:
+        pm.Normal("x", 0, 1)
+        pm.Poisson("k", 3.0)
+    with pytest.raises(ValueError, match=r"discrete variable\(s\) \['k'\]"):
+        sample_chains(model, chains=2, draws=2, tune=0)
+
+
+def test_model_without_free_variables_raises():
+    with pm.Model() as model:
+        pm.Normal("y", 0, 1, observed=[0.5])
+    with pytest.raises(ValueError, match="needs a model with a continuous free variable"):
+        sample_chains(model, chains=2, draws=2, tune=0)
+
+
+def test_bad_initial_point_raises():
+    """A start with a non-finite log density is PyMC's SamplingError naming the variable."""
+    with pm.Model() as model:
+        pm.HalfNormal("s", 1.0, initval=-1.0, default_transform=None)
+    with pytest.raises(pm.exceptions.SamplingError, match="s"):
+        sample_chains(model, chains=2, draws=2, tune=0, jitter=False)
+
+
+def test_core_fast_paths_equal_the_general_ones():
+    """pmm_step's faster internals (torch index_put, memoised weights) change no number.
+
+    The torch update is compared with the numpy one (np.add.at, the general path)
+    with repeated rows, and the memoised correction weights with a fresh computation,
+    also for coefficients given as lists (not hashable, so not memoised).
+    """
+    torch = pytest.importorskip("torch")
+    from pmm_pymc.core import (
+        AffineChain,
+        _cached_correction_weights,
+        _index_add,
+        correction_weights,
+    )
+
+    rng = np.random.default_rng(0)
+    target, values = rng.normal(size=(6, 3)), rng.normal(size=(5, 3))
+    index = np.array([0, 2, 2, 5, 0])
+    want = _index_add(np, target, index, values)
+    got = _index_add(
+        torch, torch.as_tensor(target), torch.as_tensor(index), torch.as_tensor(values)
+    )
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-15, atol=1e-15)
+    chain = AffineChain(a=(1.1, 0.9, 1.0), g=(0.1, 0.2, 0.3), s=(1.0, 1.0, 1.0))
+    assert _cached_correction_weights(chain) == correction_weights(chain)
+    assert _cached_correction_weights(chain) == _cached_correction_weights(chain)
+    as_lists = AffineChain(a=[1.1, 0.9, 1.0], g=[0.1, 0.2, 0.3], s=[1.0, 1.0, 1.0])
+    assert _cached_correction_weights(as_lists) == correction_weights(chain)
+
+
+def test_unvectorisable_graph_falls_back_to_per_chain_calls(gauss, monkeypatch):
+    """Where vectorize_graph fails, a warning, then the looped path: the same draws.
+
+    The looped path calls the single-point compiled function row by row; with one
+    seed it must give the vectorised run's draws up to floating-point rounding.
+    """
+    import pmm_pymc.chains as chains_module
+
+    kw = {"chains": 3, "draws": 5, "tune": 30, "random_seed": 9}
+    want = sample_chains(gauss, **kw).posterior["x"].values
+
+    def refuse(*args, **kwargs):
+        raise NotImplementedError("no vectorisation rule")
+
+    monkeypatch.setattr(chains_module, "vectorize_graph", refuse)
+    with pytest.warns(UserWarning, match="could not be vectorised"):
+        got = sample_chains(gauss, **kw).posterior["x"].values
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
