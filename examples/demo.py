@@ -3,7 +3,7 @@
 The posterior is posteriordb's ``low_dim_gauss_mix`` (shipped with the package): a
 two-component normal mixture fitted to 1000 points, with ordered means, half-normal
 scales and a Beta mixing weight. Its likelihood is a mixture, so the posterior is not
-log-concave. Both samplers adapt their step size and a diagonal preconditioner while
+log-concave. Both samplers adapt their step size and a preconditioner while
 tuning; the script prints an ArviZ summary of each fit, the distance of the posterior
 means from the posteriordb reference draws, and the cost in gradient evaluations per
 effective sample (sum of ``n_steps`` / min bulk ESS).

@@ -55,7 +55,7 @@ def main() -> None:
     with model:
         idata = pm.sample(
             draws=3000,
-            tune=2000,  # the diagonal preconditioner needs a few of its 101-draw windows
+            tune=2000,  # the preconditioner adapts in windows of 25 to 500 draws
             chains=4,
             cores=2,
             step=PoissonMidpoint(),

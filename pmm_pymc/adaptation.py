@@ -25,9 +25,13 @@ choice of targets and its caveat.
 from __future__ import annotations
 
 import numpy as np
+from pymc.step_methods.state import DataClassState, WithSamplingState, dataclass_state
 
 __all__ = [
     "DEFAULT_TARGET_ACCEPT",
+    "MassMatrixAdaptation",
+    "MassMatrixState",
+    "adaptation_windows",
     "initial_step_size",
     "pmm_stability_limit",
     "langevin_log_accept_ratio",
@@ -86,8 +90,8 @@ def langevin_log_accept_ratio(
         ``grad log pi`` at ``x`` and at ``x_new`` (not preconditioned).
     step_size : float
         ``eta``, with the convention ``x' = x + eta b(x) + sqrt(2 eta) M^{-1/2} xi``.
-    inv_mass : numpy.ndarray, shape (d,), optional
-        The diagonal of ``M^{-1}``; identity when omitted.
+    inv_mass : numpy.ndarray, shape (d,) or (d, d), optional
+        The diagonal of ``M^{-1}``, or the whole (symmetric) matrix; identity when omitted.
 
     Returns
     -------
@@ -97,7 +101,7 @@ def langevin_log_accept_ratio(
     """
     diff = grad_new - grad
     if inv_mass is not None:
-        diff = inv_mass * diff
+        diff = inv_mass @ diff if inv_mass.ndim == 2 else inv_mass * diff
     diff *= step_size
     diff += 2.0 * (x_new - x)
     log_ratio = logp_new - logp - 0.25 * float(np.dot(diff, grad + grad_new))
@@ -140,3 +144,238 @@ def pmm_stability_limit(K: int) -> float:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if excess(mid) < 0 else (lo, mid)
     return float(lo)
+
+
+def adaptation_windows(n_tune: int) -> list[tuple[int, int]]:
+    """Ends of the slow windows of Stan's windowed warm-up for ``n_tune`` tuning draws.
+
+    The schedule (Stan reference manual, "HMC algorithm parameters") is an initial fast
+    interval of 75 draws in which only the step size adapts and the chain leaves its
+    start, then slow windows of 25, 50, 100, ... draws whose draws alone estimate the
+    preconditioner (the last one stretched to the end), then a terminal fast interval of
+    50 draws in which the step size adapts to the final preconditioner. Below 150 tuning
+    draws the intervals are 15 % / 75 % / 10 % of ``n_tune``, as in Stan. Below 20 the
+    list is empty: the preconditioner stays at the identity.
+
+    Parameters
+    ----------
+    n_tune : int
+        Number of tuning draws.
+
+    Returns
+    -------
+    list of (int, int)
+        ``(start, end)`` of each slow window, 0-based draw indices, ``end`` exclusive; after
+        tuning draw ``end - 1`` the preconditioner is updated.
+    """
+    if n_tune < 20:
+        return []
+    init, term, base = 75, 50, 25
+    if n_tune < init + term + base:
+        init, term = int(0.15 * n_tune), int(0.1 * n_tune)
+        base = n_tune - init - term
+    last = n_tune - term
+    ends = []
+    start, size = init, base
+    while start < last:
+        end = start + size
+        if end + 2 * size > last:  # the next window would not fit: stretch this one
+            end = last
+        ends.append((start, end))
+        start, size = end, 2 * size
+    return ends
+
+
+@dataclass_state
+class MassMatrixState(DataClassState):
+    """The state of :class:`MassMatrixAdaptation`, as PyMC saves and restores it."""
+
+    inv_mass: np.ndarray
+    windows: list[tuple[int, int]]
+    n_seen: int
+    n_window: int
+    mean_x: np.ndarray
+    m2_x: np.ndarray
+    mean_g: np.ndarray
+    m2_g: np.ndarray
+
+
+class MassMatrixAdaptation(WithSamplingState):
+    """A diagonal or dense preconditioner ``M^{-1}`` from draws and gradients, in Stan's windows.
+
+    During each slow window of :func:`adaptation_windows` the tuning draws ``x`` and their
+    gradients ``g = grad log pi(x)`` are accumulated (Welford). At the end of the window
+    ``M^{-1}`` becomes the estimate that minimises the Fisher divergence between the target
+    and a Gaussian approximation, the estimator of nutpie's mass-matrix adaptation
+    (Seyboldt, Carlson & Carpenter; ``docs/method.md``): with ``S_x = Cov(x)`` and
+    ``S_g = Cov(g)``,
+
+    * ``"diag"``: ``M^{-1}_ii = sqrt(S_x,ii / S_g,ii)``;
+    * ``"dense"``: ``M^{-1} = S_x # S_g^{-1}``, the matrix geometric mean
+      ``A^{1/2} (A^{-1/2} B A^{-1/2})^{1/2} A^{1/2}`` of ``A = S_x`` and ``B = S_g^{-1}``.
+
+    On a Gaussian target ``N(mu, Sigma)`` both ``S_x`` and ``S_g^{-1}`` equal ``Sigma`` at
+    stationarity, so the estimate is the covariance. The reason to use the gradients is the
+    transient: a chain that has so far explored only a narrow slice of the posterior (a
+    ridge it is still crawling along) has a tiny ``S_x`` but an equally tiny ``S_g = H S_x
+    H`` (``H`` the local Hessian), and ``S_x # S_g^{-1} = H^{-1}`` whatever ``S_x`` is: the
+    estimate is the local inverse curvature, not the width of what the chain has seen. The
+    sample variance alone (Stan's and PyMC's estimate) can only grow as fast as the chain
+    explores, which for an unadjusted Langevin chain on a ridge of condition number
+    ``kappa`` takes ``O(kappa)`` draws per window.
+
+    The estimate is regularised as Stan does, by shrinking towards ``1e-3`` with weight
+    ``5 / (n + 5)`` (``"dense"``: in the coordinates standardised by the diagonal
+    estimate, towards the diagonal estimate). Each window learns only from its own
+    draws, never from the transient before it; the caller restarts its step-size
+    adaptation whenever :meth:`update` returns True.
+
+    Parameters
+    ----------
+    n_dim : int
+        Number of (raveled) dimensions.
+    kind : {"diag", "dense"}
+        Shape of ``M^{-1}``.
+    dtype : numpy.dtype
+        Floating dtype of the points.
+    """
+
+    _state_class = MassMatrixState
+
+    def __init__(self, n_dim: int, kind: str, dtype: np.dtype) -> None:
+        if kind not in ("diag", "dense"):
+            raise ValueError(f"kind must be 'diag' or 'dense', got {kind!r}")
+        self.n_dim, self.kind, self.dtype = int(n_dim), kind, np.dtype(dtype)
+        self.windows: list[tuple[int, int]] = []
+        self.reset(0)
+
+    def reset(self, n_tune: int) -> None:
+        """Back to ``M = I`` with the windows of ``n_tune`` tuning draws."""
+        d = self.n_dim
+        self.windows = adaptation_windows(int(n_tune))
+        self.inv_mass = (
+            np.ones(d, self.dtype) if self.kind == "diag" else np.eye(d, dtype=self.dtype)
+        )
+        self.n_seen = 0
+        self._restart_window()
+        self._factor()
+
+    def update(self, x: np.ndarray, grad: np.ndarray) -> bool:
+        """Record tuning draw ``x`` and ``grad log pi(x)``; True when ``M^{-1}`` changed."""
+        index = self.n_seen
+        self.n_seen += 1
+        window = next(((a, b) for a, b in self.windows if a <= index < b), None)
+        if window is None:
+            return False
+        self.n_window += 1
+        self.mean_x, self.m2_x = self._welford(self.mean_x, self.m2_x, x)
+        self.mean_g, self.m2_g = self._welford(self.mean_g, self.m2_g, grad)
+        if index + 1 < window[1]:
+            return False
+        new = self._estimate()
+        if new is not None:
+            self.inv_mass = new.astype(self.dtype)
+            self._factor()
+        self._restart_window()
+        return True
+
+    def _welford(
+        self, mean: np.ndarray, m2: np.ndarray, value: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        delta = value - mean
+        mean = mean + delta / self.n_window
+        if self.kind == "diag":
+            return mean, m2 + delta * (value - mean)
+        return mean, m2 + np.outer(delta, value - mean)
+
+    def _estimate(self) -> np.ndarray | None:
+        """The regularised Fisher-divergence estimate of ``M^{-1}``, or None if degenerate."""
+        n = self.n_window
+        if n < 3:
+            return None
+        weight = n / (n + 5.0)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            var_x = (
+                np.diagonal(self.m2_x) / (n - 1) if self.kind == "dense" else self.m2_x / (n - 1)
+            )
+            var_g = (
+                np.diagonal(self.m2_g) / (n - 1) if self.kind == "dense" else self.m2_g / (n - 1)
+            )
+            scale = np.sqrt(var_x / var_g)
+            if not np.all(np.isfinite(scale) & (scale > 0)):
+                return None
+            diag = weight * scale + (1 - weight) * 1e-3
+            if self.kind == "diag":
+                return diag
+            # standardise by the diagonal estimate, take the geometric mean there
+            root = np.sqrt(scale)
+            cov_x = (self.m2_x / (n - 1)) / np.outer(root, root)
+            cov_g = (self.m2_g / (n - 1)) * np.outer(root, root)
+            eye = np.eye(self.n_dim)
+            cov_x = weight * cov_x + (1 - weight) * eye
+            cov_g = weight * cov_g + (1 - weight) * eye
+            if not (np.all(np.isfinite(cov_x)) and np.all(np.isfinite(cov_g))):
+                return None
+            try:
+                g_half, g_half_inv = _spd_sqrt(cov_g)
+                middle, _ = _spd_sqrt(g_half @ cov_x @ g_half)
+            except np.linalg.LinAlgError:
+                return None
+            sigma = g_half_inv @ middle @ g_half_inv
+            sigma = 0.5 * (sigma + sigma.T) * np.outer(root, root)
+            sigma[np.diag_indices_from(sigma)] += (1 - weight) * 1e-3
+        if not np.all(np.isfinite(sigma)):
+            return None
+        return sigma
+
+    def drift(self, grad: np.ndarray) -> np.ndarray:
+        """``M^{-1} g`` for one gradient (1-D) or one per row (2-D)."""
+        if self.kind == "diag":
+            return grad * self.inv_mass
+        return grad @ self.inv_mass  # symmetric
+
+    def scale_noise(self, z: np.ndarray) -> np.ndarray:
+        """``M^{-1/2} z`` along the last axis (a Cholesky factor for ``"dense"``)."""
+        if self.kind == "diag":
+            return z * self._sqrt
+        return z @ self._sqrt.T
+
+    def mass_norm_sq(self, v: np.ndarray) -> float:
+        """``v^T M v``."""
+        if self.kind == "diag":
+            return float(np.dot(v, v / self.inv_mass))
+        w = self._inv_sqrt @ v
+        return float(np.dot(w, w))
+
+    def _restart_window(self) -> None:
+        d = self.n_dim
+        self.n_window = 0
+        self.mean_x = np.zeros(d, np.float64)
+        self.mean_g = np.zeros(d, np.float64)
+        self.m2_x = np.zeros(d if self.kind == "diag" else (d, d), np.float64)
+        self.m2_g = np.zeros_like(self.m2_x)
+
+    def _factor(self) -> None:
+        if self.kind == "diag":
+            self._sqrt = np.sqrt(self.inv_mass)
+        else:
+            self._sqrt = np.linalg.cholesky(self.inv_mass)
+            self._inv_sqrt = np.linalg.inv(self._sqrt)
+
+    @property
+    def sampling_state(self) -> MassMatrixState:  # the factors are derived, not state
+        return super().sampling_state
+
+    @sampling_state.setter
+    def sampling_state(self, state: MassMatrixState) -> None:
+        WithSamplingState.sampling_state.fset(self, state)
+        self._factor()
+
+
+def _spd_sqrt(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(matrix^{1/2}, matrix^{-1/2})`` of a symmetric positive-definite matrix."""
+    values, vectors = np.linalg.eigh(0.5 * (matrix + matrix.T))
+    if not np.all(values > 0):
+        raise np.linalg.LinAlgError("matrix is not positive definite")
+    root = np.sqrt(values)
+    return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T

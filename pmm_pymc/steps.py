@@ -29,7 +29,6 @@ from pymc.model import Model, modelcontext
 from pymc.stats.convergence import SamplerWarning, WarningType
 from pymc.step_methods.arraystep import GradientSharedStep
 from pymc.step_methods.compound import Competence, StepMethodState
-from pymc.step_methods.hmc.quadpotential import PotentialState, QuadPotentialDiagAdapt
 from pymc.step_methods.state import dataclass_state
 from pymc.step_methods.step_sizes import DualAverageAdaptation, StepSizeState
 from pymc.util import RandomGenerator, get_value_vars_from_user_vars
@@ -37,15 +36,21 @@ from pymc.vartypes import discrete_types
 
 from pmm_pymc.adaptation import (
     DEFAULT_TARGET_ACCEPT,
+    MassMatrixAdaptation,
+    MassMatrixState,
     initial_step_size,
     langevin_log_accept_ratio,
     pmm_stability_limit,
 )
 from pmm_pymc.core import AffineChain, langevin_chain, pmm_step
 
-__all__ = ["LangevinMC", "LangevinState", "PoissonMidpoint"]
+__all__ = ["DENSE_MAX_DIM", "LangevinMC", "LangevinState", "PoissonMidpoint"]
 
 _FIRST_MEMBER = np.zeros(1, dtype=np.intp)  # the batch index of the single chain (B = 1)
+_KINDS = ("auto", "diag", "dense")
+DENSE_MAX_DIM = 200
+"""``precondition="auto"`` is ``"dense"`` up to this many dimensions and ``"diag"`` above."""
+_DEFAULT_TUNE = 1000  # pm.sample's default, for the windows until setup_chain gives the real one
 
 
 @dataclass_state
@@ -57,7 +62,8 @@ class LangevinState(StepMethodState):
     tune: bool
     iter_count: int
     step_adapt: StepSizeState
-    potential: PotentialState | None
+    mass_adapt: MassMatrixState | None
+    n_tune: int
 
 
 class _LangevinStep(GradientSharedStep):
@@ -91,7 +97,7 @@ class _LangevinStep(GradientSharedStep):
         adapt_step_size: bool = True,
         target_accept: float | None = None,
         max_energy_error: float = 1000.0,
-        precondition: Literal["diag"] | None = "diag",
+        precondition: Literal["auto", "diag", "dense"] | None = "auto",
         model: Model | None = None,
         blocked: bool = True,
         rng: RandomGenerator = None,
@@ -112,8 +118,10 @@ class _LangevinStep(GradientSharedStep):
                 "step_size=None needs adapt_step_size=True (nothing would set the step size); "
                 "got adapt_step_size=False"
             )
-        if not (precondition is None or (isinstance(precondition, str) and precondition == "diag")):
-            raise ValueError(f"precondition must be 'diag' or None, got {precondition!r}")
+        if not (precondition is None or (isinstance(precondition, str) and precondition in _KINDS)):
+            raise ValueError(
+                f"precondition must be 'auto', 'diag', 'dense' or None, got {precondition!r}"
+            )
         if not (
             isinstance(max_energy_error, int | float)
             and not isinstance(max_energy_error, bool)
@@ -166,25 +174,21 @@ class _LangevinStep(GradientSharedStep):
             start += value.size
         x0 = np.concatenate([np.ravel(initial_point[v.name]) for v in vars]).astype(self._dtype)
         self._n_dim = x0.size
+        if precondition == "auto":
+            precondition = "dense" if self._n_dim <= DENSE_MAX_DIM else "diag"
         self._fixed_step_size = None if step_size is None else float(step_size)
         self.adapt_step_size = bool(adapt_step_size)
         self.target_accept = float(target_accept)
         self.max_energy_error = float(max_energy_error)
-        self._adjusted_warmup = self.adapt_step_size or precondition == "diag"
+        self._adjusted_warmup = self.adapt_step_size or precondition is not None
         self._stability_limit = pmm_stability_limit(self._K)
         self.precondition = precondition
         first = self._fixed_step_size or initial_step_size(self._n_dim)
-        self.step_adapt = DualAverageAdaptation(first, self.target_accept, 0.05, 0.75, 10)
-        self.potential: QuadPotentialDiagAdapt | None = None
-        if precondition == "diag":
-            self.potential = QuadPotentialDiagAdapt(
-                self._n_dim,
-                x0,
-                np.ones(self._n_dim, dtype=self._dtype),
-                10,
-                dtype=self._dtype,
-                rng=self.rng.spawn(1)[0],
-            )
+        self.step_adapt = self._dual_averaging(first)
+        self.mass_adapt: MassMatrixAdaptation | None = None
+        if precondition is not None:
+            self.mass_adapt = MassMatrixAdaptation(self._n_dim, precondition, self._dtype)
+        self.n_tune = _DEFAULT_TUNE
         self.tune = True
         self.reset_tuning()
 
@@ -199,9 +203,11 @@ class _LangevinStep(GradientSharedStep):
 
     def reset_tuning(self, start: PointType | None = None) -> None:
         """Restart the step-size and preconditioner adaptation and forget the cached point."""
-        self.step_adapt.reset()
-        if self.potential is not None:
-            self.potential.reset()
+        self.step_adapt = self._dual_averaging(
+            self._fixed_step_size or initial_step_size(self._n_dim)
+        )
+        if self.mass_adapt is not None:
+            self.mass_adapt.reset(self.n_tune)
         self.step_size = self._fixed_step_size or float(self.step_adapt.current(True))
         self.iter_count = 0
         self._invalidate_cache()
@@ -215,6 +221,7 @@ class _LangevinStep(GradientSharedStep):
         """
         super().setup_chain(rng, tune, draws)
         self.tune = bool(tune)
+        self.n_tune = int(tune)
         self.reset_tuning()
 
     def stop_tuning(self) -> None:
@@ -265,12 +272,13 @@ class _LangevinStep(GradientSharedStep):
         if self._chain is None or self._chain_eta != eta:
             self._chain, self._chain_eta = langevin_chain(eta, self._K), eta
         K = self._K
-        inv_mass = None if self.potential is None else self.potential._var
-        drift0 = grad if inv_mass is None else inv_mass * grad
+        mass = self.mass_adapt
+        inv_mass = None if mass is None else mass.inv_mass
+        drift0 = grad if mass is None else mass.drift(grad)
 
         noise = self.rng.standard_normal((K, 1, self._n_dim))
-        if inv_mass is not None:
-            noise *= self.potential._stds
+        if mass is not None:
+            noise = mass.scale_noise(noise)
         fired: list[np.ndarray | None] = [None] * K
         if K > 1:
             for i in np.flatnonzero(self.rng.random(K - 1) < 1.0 / K):
@@ -331,8 +339,16 @@ class _LangevinStep(GradientSharedStep):
             accept = float(np.exp(-energy_error)) if energy_error > 0 else 1.0
             self.step_adapt.update(accept, True)
             self.step_size = float(self.step_adapt.current(True))
-        if self.potential is not None:
-            self.potential.update(self._x, self._grad, self.tune)
+        if (
+            self.tune
+            and mass is not None
+            and mass.update(self._x, self._grad)
+            and self.adapt_step_size
+        ):
+            # New preconditioner: the step size learnt for the old one is stale; restart dual
+            # averaging from it (Stan's windowed adaptation does the same).
+            self.step_adapt = self._dual_averaging(self.step_size)
+            self.step_size = float(self.step_adapt.current(True))
         self.iter_count += 1
 
         stats: dict[str, Any] = {
@@ -351,6 +367,10 @@ class _LangevinStep(GradientSharedStep):
 
     # --- internals -----------------------------------------------------------------------------
 
+    def _dual_averaging(self, initial_step: float) -> DualAverageAdaptation:
+        """PyMC's NUTS step-size adaptation (same constants), started at ``initial_step``."""
+        return DualAverageAdaptation(initial_step, self.target_accept, 0.05, 0.75, 10)
+
     def _drift(self, points: np.ndarray, groups: Any) -> np.ndarray:
         """``M^{-1} grad logp`` at each fired midpoint (rows of ``points``)."""
         out = np.empty_like(points)
@@ -362,19 +382,19 @@ class _LangevinStep(GradientSharedStep):
         if not np.all(np.isfinite(out)):
             self._midpoint_ok = False
             return out
-        inv_mass = None if self.potential is None else self.potential._var
-        if inv_mass is not None:
-            out *= inv_mass
+        mass = self.mass_adapt
+        if mass is not None:
+            out = mass.drift(out)
         # Secant estimate of the local Lipschitz constant of the (preconditioned) drift
         # between the start and each fired midpoint: ||M^{1/2} db|| / ||M^{1/2} dx||.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for r in range(points.shape[0]):
                 dx = points[r] - self._start
                 db = out[r] - self._start_drift
-                if inv_mass is None:
+                if mass is None:
                     num, den = np.dot(db, db), np.dot(dx, dx)
                 else:
-                    num, den = np.dot(db, db / inv_mass), np.dot(dx, dx / inv_mass)
+                    num, den = mass.mass_norm_sq(db), mass.mass_norm_sq(dx)
                 if den > 0:
                     self._stiffness = max(self._stiffness, float(np.sqrt(num / den)))
         return out
@@ -441,10 +461,13 @@ class LangevinMC(_LangevinStep):
         (:func:`pmm_pymc.adaptation.langevin_log_accept_ratio`) during tuning.
     target_accept : float, optional
         Its target; default :data:`pmm_pymc.adaptation.DEFAULT_TARGET_ACCEPT`.
-    precondition : {"diag", None}, default "diag"
-        ``"diag"``: ``M^{-1}`` is the diagonal posterior variance estimated
-        during tuning by PyMC's ``QuadPotentialDiagAdapt`` (as NUTS does).
-        ``None``: ``M = I``.
+    precondition : {"auto", "dense", "diag", None}, default "auto"
+        ``"dense"``: ``M^{-1}`` is a full matrix estimated during tuning from the
+        draws and their gradients, in Stan's windows, with the step-size adaptation
+        restarted after each update (:class:`pmm_pymc.adaptation.MassMatrixAdaptation`).
+        ``"diag"``: its diagonal version, ``O(d)`` per draw instead of ``O(d^2)``.
+        ``"auto"``: ``"dense"`` up to :data:`DENSE_MAX_DIM` dimensions, ``"diag"``
+        above. ``None``: ``M = I``. The resolved kind is the attribute ``precondition``.
     model, blocked, rng, initial_point, compile_kwargs
         As for every PyMC gradient-based step (see :class:`pymc.NUTS`).
 

@@ -352,15 +352,19 @@ def test_accept_ratio_is_the_mala_ratio():
     assert langevin_log_accept_ratio(0.0, np.inf, x, y, gx, gy, eta) == -np.inf
 
 
-def test_adapted_step_size_and_preconditioner(small_model):
+@pytest.mark.parametrize("precondition", ["diag", "dense"])
+def test_adapted_step_size_and_preconditioner(precondition):
     """Adaptation moves the step size, freezes it after tuning, and learns the scales."""
     with pm.Model() as model:
         pm.Normal("a", 0.0, 10.0)
         pm.Normal("b", 0.0, 0.1)
     with model:
-        step = PoissonMidpoint()
+        step = PoissonMidpoint(precondition=precondition)
         idata = pm.sample(draws=500, tune=600, chains=1, step=step, random_seed=1, **SAMPLE_KW)
-    var = step.potential._var
+    var = step.mass_adapt.inv_mass
+    if precondition == "dense":
+        assert var.shape == (2, 2) and abs(var[0, 1]) < 0.2 * np.sqrt(var[0, 0] * var[1, 1])
+        var = np.diag(var)
     # the diagonal estimates the variances (100 and 0.01) within a factor 2 after 600 tunes
     assert 50 < var[0] < 200 and 0.005 < var[1] < 0.02
     eta = idata.sample_stats["step_size"].values[0]
