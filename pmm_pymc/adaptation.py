@@ -29,6 +29,7 @@ from pymc.step_methods.state import DataClassState, WithSamplingState, dataclass
 
 __all__ = [
     "DEFAULT_TARGET_ACCEPT",
+    "check_step_options",
     "MassMatrixAdaptation",
     "MassMatrixState",
     "adaptation_windows",
@@ -39,6 +40,58 @@ __all__ = [
 
 DEFAULT_TARGET_ACCEPT: dict[str, float] = {"lmc": 0.9, "pmm": 0.9}
 """Default dual-averaging targets of the would-be MALA acceptance, per step method."""
+
+
+def check_step_options(
+    step_size: object,
+    adapt_step_size: object,
+    target_accept: object,
+    max_energy_error: object,
+    method: str,
+) -> tuple[float | None, float]:
+    """Validate the step-size options shared by the per-chain steps and ``sample_chains``.
+
+    Parameters
+    ----------
+    step_size, adapt_step_size, target_accept, max_energy_error : object
+        The user's values. ``target_accept=None`` takes the method's default.
+    method : {"lmc", "pmm"}
+        Which default target applies.
+
+    Returns
+    -------
+    step_size : float or None
+    target_accept : float
+
+    Raises
+    ------
+    ValueError
+        Naming the option and the bad value.
+    """
+    if step_size is not None and (
+        isinstance(step_size, bool)
+        or not isinstance(step_size, int | float | np.number)
+        or not (np.isfinite(step_size) and step_size > 0)
+    ):
+        raise ValueError(f"step_size must be a finite number > 0 or None, got {step_size!r}")
+    if not isinstance(adapt_step_size, bool | np.bool_):
+        raise ValueError(f"adapt_step_size must be True or False, got {adapt_step_size!r}")
+    if step_size is None and not adapt_step_size:
+        raise ValueError(
+            "step_size=None needs adapt_step_size=True (nothing would set the step size); "
+            "got adapt_step_size=False"
+        )
+    if target_accept is None:
+        target_accept = DEFAULT_TARGET_ACCEPT[method]
+    if isinstance(target_accept, bool) or not (
+        isinstance(target_accept, int | float) and 0 < target_accept < 1
+    ):
+        raise ValueError(f"target_accept must be a number in (0, 1), got {target_accept!r}")
+    if isinstance(max_energy_error, bool) or not (
+        isinstance(max_energy_error, int | float) and max_energy_error > 0
+    ):
+        raise ValueError(f"max_energy_error must be a number > 0, got {max_energy_error!r}")
+    return (None if step_size is None else float(step_size)), float(target_accept)
 
 
 def initial_step_size(n_dim: int) -> float:

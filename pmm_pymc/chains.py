@@ -41,7 +41,7 @@ from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.special import LogSumExp
 from xarray import DataTree
 
-from pmm_pymc.adaptation import DEFAULT_TARGET_ACCEPT, initial_step_size, pmm_stability_limit
+from pmm_pymc.adaptation import check_step_options, initial_step_size, pmm_stability_limit
 from pmm_pymc.core import fired_from_mask, langevin_chain, pmm_step
 
 __all__ = [
@@ -430,29 +430,9 @@ def _check_options(
         K = 1
     else:
         K = _check_int("K", DEFAULT_K if K is None else K, 1)
-    if step_size is not None and (
-        isinstance(step_size, bool)
-        or not isinstance(step_size, int | float | np.number)
-        or not (np.isfinite(step_size) and step_size > 0)
-    ):
-        raise ValueError(f"step_size must be a finite number > 0 or None, got {step_size!r}")
-    if not isinstance(adapt_step_size, bool | np.bool_):
-        raise ValueError(f"adapt_step_size must be True or False, got {adapt_step_size!r}")
-    if step_size is None and not adapt_step_size:
-        raise ValueError(
-            "step_size=None needs adapt_step_size=True (nothing would set the step size); "
-            "got adapt_step_size=False"
-        )
-    if target_accept is None:
-        target_accept = DEFAULT_TARGET_ACCEPT[method]
-    if isinstance(target_accept, bool) or not (
-        isinstance(target_accept, int | float) and 0 < target_accept < 1
-    ):
-        raise ValueError(f"target_accept must be a number in (0, 1), got {target_accept!r}")
-    if isinstance(max_energy_error, bool) or not (
-        isinstance(max_energy_error, int | float) and max_energy_error > 0
-    ):
-        raise ValueError(f"max_energy_error must be a number > 0, got {max_energy_error!r}")
+    step_size, target_accept = check_step_options(
+        step_size, adapt_step_size, target_accept, max_energy_error, method
+    )
     if not (precondition is None or (isinstance(precondition, str) and precondition == "diag")):
         raise ValueError(f"precondition must be 'diag' or None, got {precondition!r}")
     if not (isinstance(backend, str) and backend in _BACKENDS):
@@ -462,8 +442,8 @@ def _check_options(
         draws,
         tune,
         K,
-        (None if step_size is None else float(step_size)),
-        float(target_accept),
+        step_size,
+        target_accept,
     )
 
 

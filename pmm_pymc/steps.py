@@ -35,9 +35,9 @@ from pymc.util import RandomGenerator, get_value_vars_from_user_vars
 from pymc.vartypes import discrete_types
 
 from pmm_pymc.adaptation import (
-    DEFAULT_TARGET_ACCEPT,
     MassMatrixAdaptation,
     MassMatrixState,
+    check_step_options,
     initial_step_size,
     langevin_log_accept_ratio,
     pmm_stability_limit,
@@ -105,33 +105,13 @@ class _LangevinStep(GradientSharedStep):
         compile_kwargs: dict | None = None,
         **pytensor_kwargs: Any,
     ) -> None:
-        if step_size is not None and (
-            isinstance(step_size, bool)
-            or not isinstance(step_size, int | float | np.number)
-            or not (np.isfinite(step_size) and step_size > 0)
-        ):
-            raise ValueError(f"step_size must be a finite number > 0 or None, got {step_size!r}")
-        if not isinstance(adapt_step_size, bool | np.bool_):
-            raise ValueError(f"adapt_step_size must be True or False, got {adapt_step_size!r}")
-        if step_size is None and not adapt_step_size:
-            raise ValueError(
-                "step_size=None needs adapt_step_size=True (nothing would set the step size); "
-                "got adapt_step_size=False"
-            )
+        step_size, target_accept = check_step_options(
+            step_size, adapt_step_size, target_accept, max_energy_error, self.name
+        )
         if not (precondition is None or (isinstance(precondition, str) and precondition in _KINDS)):
             raise ValueError(
                 f"precondition must be 'auto', 'diag', 'dense' or None, got {precondition!r}"
             )
-        if not (
-            isinstance(max_energy_error, int | float)
-            and not isinstance(max_energy_error, bool)
-            and max_energy_error > 0
-        ):
-            raise ValueError(f"max_energy_error must be a number > 0, got {max_energy_error!r}")
-        if target_accept is None:
-            target_accept = DEFAULT_TARGET_ACCEPT[self.name]
-        if not (isinstance(target_accept, int | float) and 0 < target_accept < 1):
-            raise ValueError(f"target_accept must be a number in (0, 1), got {target_accept!r}")
 
         self._model = modelcontext(model)
         if vars is None:
