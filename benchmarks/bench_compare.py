@@ -310,7 +310,8 @@ def main() -> None:
         "(`LangevinMC`) and NUTS "
         "(`pm.NUTS`) got the same post-tuning gradient evaluations per chain, counted from "
         "each step's `n_steps` statistic. All chains of all samplers started from the same "
-        "jittered points. Step sizes (and the preconditioners: dense for PMM and LMC at these sizes, diagonal for NUTS) were adapted during "
+        "jittered points. Step sizes (and the preconditioners: dense for PMM and LMC at "
+        "these sizes, diagonal for NUTS) were adapted during "
         "tuning by each sampler's default scheme. See docs/compare.md for the method.",
         "",
         *_treedepth_note(sizes["mcmc"], build / "mcmc"),
