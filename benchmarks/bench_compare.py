@@ -66,7 +66,7 @@ def _run(argv: list[str]) -> float:
 def _default_k() -> int:
     import inspect
 
-    from pmm_pymc.steps import PoissonMidpoint
+    from pmm_pymc.mcmc.steps import PoissonMidpoint
 
     return int(inspect.signature(PoissonMidpoint.__init__).parameters["K"].default)
 

@@ -1,6 +1,6 @@
 """Benchmark: PMM against DDPM, DDIM and DPM-Solver++ on the digits64 mixture testbed.
 
-The testbed (:func:`pmm_pymc.testbeds.get_testbed`) is a 10-component,
+The testbed (:func:`pmm_pymc.evaluation.testbeds.get_testbed`) is a 10-component,
 full-covariance Gaussian mixture fitted to scikit-learn's 8x8 digits, whose
 noise prediction is exact at every timestep; its component variances run from
 0.01 to about 3.3, so it is stiff at the clean end. Every sampler uses the
@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pmm_pymc.diffusion import pmm_blocks, sample
-from pmm_pymc.metrics import log_density_gap, mmd_rbf, sliced_wasserstein
-from pmm_pymc.schedules import DDPMSchedule
-from pmm_pymc.testbeds import get_testbed
+from pmm_pymc.diffusion.sampler import pmm_blocks, sample
+from pmm_pymc.diffusion.schedules import DDPMSchedule
+from pmm_pymc.evaluation.metrics import log_density_gap, mmd_rbf, sliced_wasserstein
+from pmm_pymc.evaluation.testbeds import get_testbed
 
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
@@ -227,7 +227,7 @@ def main() -> None:
 
 def overhead_part(args: argparse.Namespace) -> None:
     """Fraction of wall time spent outside the network at 80 NFE, for both models."""
-    from pmm_pymc.digits import load_eps_model
+    from pmm_pymc.evaluation.digits import load_eps_model
 
     schedule = DDPMSchedule.linear(1000)
     models = {"digits64 exact ε": TimedModel(get_testbed("digits64").eps_model(schedule))}
@@ -258,7 +258,7 @@ def overhead_part(args: argparse.Namespace) -> None:
 
 
 def network_part(args: argparse.Namespace) -> None:
-    """The bundled digits ε-network (pmm_pymc.digits), scored by a Fréchet distance.
+    """The bundled digits ε-network (pmm_pymc.evaluation.digits), scored by a Fréchet distance.
 
     Samples are clipped to the pixel range [-1, 1] as images are. Features: the
     penultimate layer of the bundled digit classifier; reference: all 1797
@@ -268,8 +268,8 @@ def network_part(args: argparse.Namespace) -> None:
     score above zero (training error, finite samples); DDPM-1000 is the
     yardstick.
     """
-    from pmm_pymc.digits import digits_data, load_classifier, load_eps_model
-    from pmm_pymc.metrics import frechet_distance
+    from pmm_pymc.evaluation.digits import digits_data, load_classifier, load_eps_model
+    from pmm_pymc.evaluation.metrics import frechet_distance
 
     try:
         net, clf = load_eps_model(), load_classifier()

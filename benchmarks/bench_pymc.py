@@ -27,8 +27,8 @@ import arviz as az
 import numpy as np
 import pymc as pm
 
-from pmm_pymc.posteriors import load_model, load_reference
-from pmm_pymc.steps import LangevinMC, PoissonMidpoint
+from pmm_pymc.evaluation.posteriors import load_model, load_reference
+from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
 
 DIMS = ("chain", "draw")
 

@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import pymc as pm
 
-from pmm_pymc.chains import DEFAULT_K, BatchedLogpGrad, _run, sample_chains
-from pmm_pymc.steps import LangevinMC, PoissonMidpoint
+from pmm_pymc.mcmc.chains import DEFAULT_K, BatchedLogpGrad, _run, sample_chains
+from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
 
 WEIGHTS = (0.3, 0.7)
 SEPARATION = 1.5  # component means at -/+ 1.5 sd: each coordinate is bimodal
@@ -252,8 +252,8 @@ def _breakdown(dims: list[int], quick: bool) -> None:
 
 
 def _breakdown_row(d: int, quick: bool) -> str:
-    from pmm_pymc.adaptation import langevin_log_accept_ratio
     from pmm_pymc.core import langevin_chain, pmm_step
+    from pmm_pymc.mcmc.warmup import langevin_log_accept_ratio
 
     t = 0.05 if quick else 0.3
     model, _, _ = mixture_model(d)
@@ -525,7 +525,7 @@ def bench_backends(repeats: int, quick: bool) -> None:
     print("|---|---|---|---|---|")
     model, _, _ = mixture_model(10)
     point = model.initial_point(0)
-    import pmm_pymc.chains as chains_module
+    import pmm_pymc.mcmc.chains as chains_module
 
     rewrite = chains_module._unblock_logsumexp
     for backend, mode, unblock in (

@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from pmm_pymc import diffusion
-from pmm_pymc.digits import EpsMLP, load_eps_model
+from pmm_pymc.diffusion import sampler as diffusion
+from pmm_pymc.evaluation.digits import EpsMLP, load_eps_model
 
 
 class TimedNet(torch.nn.Module):

@@ -20,7 +20,7 @@ import pymc as pm
 import pytensor.tensor as pt
 from scipy.special import expit
 
-from pmm_pymc.steps import LangevinMC, PoissonMidpoint
+from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
 
 N_HIDDEN = 8
 

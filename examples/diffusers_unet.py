@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from pmm_pymc.diffusion import DiffusionOutput, sample
-from pmm_pymc.schedules import DDPMSchedule
+from pmm_pymc.diffusion.sampler import DiffusionOutput, sample
+from pmm_pymc.diffusion.schedules import DDPMSchedule
 
 
 def unet_eps(unet: Any):

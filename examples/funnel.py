@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pymc as pm
 
-from pmm_pymc.steps import LangevinMC, PoissonMidpoint
+from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
 
 
 def build_model(dim: int = 9) -> pm.Model:

@@ -17,7 +17,7 @@ import arviz as az
 import numpy as np
 import pymc as pm
 
-from pmm_pymc.steps import PoissonMidpoint
+from pmm_pymc.mcmc.steps import PoissonMidpoint
 
 
 def make_data(rng: np.random.Generator, n: int = 300) -> tuple[np.ndarray, np.ndarray]:

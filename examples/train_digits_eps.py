@@ -1,14 +1,14 @@
 """Train the small digits ε-network and digit classifier shipped in pmm_pymc/data/digits.
 
 Both nets train on the training split of scikit-learn's bundled 8x8 digits
-(:func:`pmm_pymc.digits.digits_data`, pixels in [-1, 1]); nothing is
+(:func:`pmm_pymc.evaluation.digits.digits_data`, pixels in [-1, 1]); nothing is
 downloaded. Deterministic for a given seed, torch version and thread count.
 
-* The ε-network (:class:`pmm_pymc.digits.EpsMLP`) with the standard DDPM loss
+* The ε-network (:class:`pmm_pymc.evaluation.digits.EpsMLP`) with the standard DDPM loss
   ``E |eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)|^2``, ``t``
   uniform on the linear schedule with ``T = 1000``; AdamW with warm-up and
   cosine decay; the saved weights are an exponential moving average.
-* The classifier (:class:`pmm_pymc.digits.DigitClassifier`) with cross-entropy
+* The classifier (:class:`pmm_pymc.evaluation.digits.DigitClassifier`) with cross-entropy
   on the training split, inputs jittered by N(0, 0.1^2) noise so that its
   features stay smooth near (imperfect) generated digits.
 
@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pmm_pymc.digits import (
+from pmm_pymc.diffusion.schedules import DDPMSchedule
+from pmm_pymc.evaluation.digits import (
     CLASSIFIER_WEIGHTS,
     EPS_WEIGHTS,
     DigitClassifier,
@@ -41,7 +42,6 @@ from pmm_pymc.digits import (
     digits_data,
     digits_labels,
 )
-from pmm_pymc.schedules import DDPMSchedule
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "pmm_pymc" / "data" / "digits"
 

@@ -23,9 +23,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "PoissonMidpoint": "pmm_pymc.steps",
-    "LangevinMC": "pmm_pymc.steps",
-    "sample_chains": "pmm_pymc.chains",
+    "PoissonMidpoint": "pmm_pymc.mcmc.steps",
+    "LangevinMC": "pmm_pymc.mcmc.steps",
+    "sample_chains": "pmm_pymc.mcmc.chains",
 }
 
 

@@ -18,6 +18,8 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 
+from pmm_pymc._validate import check_int
+
 __all__ = ["main"]
 
 _SAMPLERS = ("PMM", "LMC", "NUTS")
@@ -33,9 +35,10 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(
                 f"expected an integer >= {minimum}, got {text!r}"
             ) from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
+        try:
+            return check_int("the value", value, minimum)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
     return parse
 
@@ -161,7 +164,7 @@ def _make_samplers(names: Sequence[str], K: int | None, max_treedepth: int | Non
 
     import pymc as pm
 
-    from pmm_pymc.steps import LangevinMC, PoissonMidpoint
+    from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
 
     factories = {
         "PMM": functools.partial(PoissonMidpoint, K=K) if K is not None else PoissonMidpoint,
@@ -177,7 +180,7 @@ def _make_samplers(names: Sequence[str], K: int | None, max_treedepth: int | Non
 
 def _run_mcmc(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     from pmm_pymc.compare.report import check_netcdf_engine, check_output_dir
-    from pmm_pymc.posteriors import list_posteriors
+    from pmm_pymc.evaluation.posteriors import list_posteriors
 
     valid = list_posteriors()
     if args.posterior == "all":
@@ -201,7 +204,7 @@ def _run_mcmc(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: l
 
     from pmm_pymc.compare.mcmc import compare_samplers
     from pmm_pymc.compare.report import write_mcmc_report
-    from pmm_pymc.posteriors import load_model, load_reference
+    from pmm_pymc.evaluation.posteriors import load_model, load_reference
 
     progress = not args.no_progress
     results = {}
@@ -234,7 +237,7 @@ def _run_diffusion(
         from pmm_pymc.compare.diffusion import list_diffusion_testbeds
     except ModuleNotFoundError as err:  # torch is an extra
         parser.error(f"the diffusion comparison needs torch ({err}); pip install 'pmm-pymc[torch]'")
-    from pmm_pymc.diffusion import METHODS
+    from pmm_pymc.diffusion.sampler import METHODS
 
     valid = list_diffusion_testbeds()
     if args.testbed not in valid:

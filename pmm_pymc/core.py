@@ -1,7 +1,7 @@
 """The Poisson Midpoint Method (PMM) update, written once for numpy and torch.
 
 This module is the single implementation of the PMM step that every sampler in
-the package calls: the PyMC step methods (:mod:`pmm_pymc.steps`), the torch
+the package calls: the PyMC step methods (:mod:`pmm_pymc.mcmc.steps`), the torch
 Langevin sampler and the diffusion sampler. It imports nothing else from the
 package and keeps no state: :func:`pmm_step` is a pure function of the current
 point, its cached drift, the noise, the fired midpoints and the coefficients.

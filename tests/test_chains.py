@@ -10,8 +10,7 @@ import pymc as pm
 import pytest
 from test_core import exact_stationary_variance
 
-from pmm_pymc.adaptation import langevin_log_accept_ratio
-from pmm_pymc.chains import (
+from pmm_pymc.mcmc.chains import (
     DEFAULT_K,
     BatchedLogpGrad,
     _adaptation_windows,
@@ -20,7 +19,8 @@ from pmm_pymc.chains import (
     batched_log_accept_ratio,
     sample_chains,
 )
-from pmm_pymc.steps import LangevinMC, PoissonMidpoint
+from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
+from pmm_pymc.mcmc.warmup import langevin_log_accept_ratio
 
 SIGMA = np.array([1.0, 2.0])
 
@@ -67,7 +67,7 @@ def test_fixed_step_matches_exact_stationary_law(gauss, method, K, gap_noise, mo
     own estimate). At eta = 0.2 LMC's bias on the unit coordinate (+11%) is
     about 10 standard errors, so a wrong stationary law cannot pass.
     """
-    import pmm_pymc.chains as chains_module
+    import pmm_pymc.mcmc.chains as chains_module
 
     if gap_noise:
         monkeypatch.setattr(chains_module, "_GAP_NOISE_MIN_SIZE", 0)
@@ -199,7 +199,7 @@ def test_reproducible_with_random_seed(gauss):
 
 def test_draws_do_not_depend_on_cores(rich, monkeypatch):
     """Splitting the batched calls over threads changes no number (rows do not interact)."""
-    import pmm_pymc.chains as chains_module
+    import pmm_pymc.mcmc.chains as chains_module
 
     monkeypatch.setattr(chains_module, "MIN_ROWS_PER_THREAD", 1)  # split even 6 chains
     monkeypatch.setattr(chains_module, "SPLIT_SECONDS", 0.0)  # of a cheap model
@@ -330,7 +330,7 @@ def test_batched_mixture_logp_has_no_blockwise_loop():
 
 
 def test_batched_log_accept_ratio_equals_per_chain():
-    """Row-wise equal to pmm_pymc.adaptation.langevin_log_accept_ratio, -inf where not finite."""
+    """Row-wise equal to pmm_pymc.mcmc.warmup.langevin_log_accept_ratio, -inf where not finite."""
     rng = np.random.default_rng(1)
     B, d = 6, 3
     args = [rng.normal(size=B), rng.normal(size=B)] + [rng.normal(size=(B, d)) for _ in range(4)]
@@ -474,7 +474,7 @@ def test_unvectorisable_graph_falls_back_to_per_chain_calls(gauss, monkeypatch):
     The looped path calls the single-point compiled function row by row; with one
     seed it must give the vectorised run's draws up to floating-point rounding.
     """
-    import pmm_pymc.chains as chains_module
+    import pmm_pymc.mcmc.chains as chains_module
 
     kw = {"chains": 3, "draws": 5, "tune": 30, "random_seed": 9}
     want = sample_chains(gauss, **kw).posterior["x"].values

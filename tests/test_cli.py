@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 from pmm_pymc.cli import main
-from pmm_pymc.posteriors import list_posteriors
+from pmm_pymc.evaluation.posteriors import list_posteriors
 
 POSTERIOR = "kidscore_momiq"  # 4 parameters: the cheapest bundled posterior to sample
 
@@ -109,7 +109,7 @@ def test_unknown_sampler_is_a_usage_error(tmp_path, capsys):
 
 
 def test_unknown_testbed_lists_valid_ones(tmp_path, capsys):
-    from pmm_pymc.testbeds import list_testbeds
+    from pmm_pymc.evaluation.testbeds import list_testbeds
 
     err = _usage_error(capsys, ["diffusion", "--testbed", "cifar10", "--out", str(tmp_path / "o")])
     assert "unknown testbed 'cifar10'" in err

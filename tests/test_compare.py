@@ -17,7 +17,7 @@ from pmm_pymc.compare.diagnostics import (
     gradient_evaluations,
     reference_errors,
 )
-from pmm_pymc.steps import LangevinMC, PoissonMidpoint
+from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
 
 DRAWS, TUNE, CHAINS, SEED = 100, 100, 2, 3
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from pmm_pymc.diffusion import _dpmsolver_2m, _Network, expected_nfe, sample, timestep_grid
-from pmm_pymc.schedules import DDPMSchedule
+from pmm_pymc.diffusion.sampler import _dpmsolver_2m, _Network, expected_nfe, sample, timestep_grid
+from pmm_pymc.diffusion.schedules import DDPMSchedule
 
 T_SMALL = 100
 # the small test chains are deliberately coarse; the warning itself is tested below

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pmm_pymc import digits
-from pmm_pymc.digits import (
+from pmm_pymc.diffusion.schedules import DDPMSchedule
+from pmm_pymc.evaluation import digits
+from pmm_pymc.evaluation.digits import (
     DigitClassifier,
     EpsMLP,
     digits_data,
@@ -18,8 +19,7 @@ from pmm_pymc.digits import (
     load_eps_model,
     sinusoidal_embedding,
 )
-from pmm_pymc.metrics import frechet_distance
-from pmm_pymc.schedules import DDPMSchedule
+from pmm_pymc.evaluation.metrics import frechet_distance
 
 ABAR = torch.as_tensor(DDPMSchedule.linear(1000).alphas_cumprod, dtype=torch.float32)
 
@@ -62,7 +62,7 @@ def test_missing_weights_tell_how_to_train(monkeypatch, tmp_path):
 
 
 def test_bundled_weights_are_small():
-    folder = Path(digits.__file__).parent / "data" / "digits"
+    folder = Path(digits._weights_path(digits.EPS_WEIGHTS)).parent
     total = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     assert total < 1.1e6
 
@@ -113,7 +113,7 @@ def test_ddim_samples_look_like_digits():
     """100 DDIM-50 samples from the network are far closer, in the classifier's
     Fréchet distance, to held-out digits than uniform noise in [-1, 1] is: a tenth
     of its distance at most (the ratio measured is about 0.03)."""
-    from pmm_pymc import diffusion
+    from pmm_pymc.diffusion import sampler as diffusion
 
     model, clf = load_eps_model(), load_classifier()
     out = diffusion.sample(

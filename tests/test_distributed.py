@@ -10,10 +10,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pmm_pymc import diffusion, distributed
-from pmm_pymc.distributed import sample_generators, shard_range
-from pmm_pymc.schedules import DDPMSchedule
-from pmm_pymc.testbeds import get_testbed
+from pmm_pymc.diffusion import distributed
+from pmm_pymc.diffusion import sampler as diffusion
+from pmm_pymc.diffusion.distributed import sample_generators, shard_range
+from pmm_pymc.diffusion.schedules import DDPMSchedule
+from pmm_pymc.evaluation.testbeds import get_testbed
 
 N, SEED = 7, 3  # 7 samples on 2 ranks: shares of 4 and 3, so the padding path runs
 # float64, so that the only differences left between runs that split the samples

@@ -10,7 +10,7 @@ import scipy.linalg
 import scipy.spatial
 import torch
 
-from pmm_pymc.metrics import (
+from pmm_pymc.evaluation.metrics import (
     energy_distance,
     frechet_distance,
     log_density_gap,
@@ -19,7 +19,7 @@ from pmm_pymc.metrics import (
     random_directions,
     sliced_wasserstein,
 )
-from pmm_pymc.testbeds import get_testbed
+from pmm_pymc.evaluation.testbeds import get_testbed
 
 
 def gen(seed: int) -> torch.Generator:

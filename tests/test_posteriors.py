@@ -25,7 +25,7 @@ import xarray as xr
 from pymc.step_methods.hmc.quadpotential import QuadPotentialFull
 from scipy import stats
 
-from pmm_pymc.posteriors import (
+from pmm_pymc.evaluation.posteriors import (
     check_reference_matches,
     describe,
     list_posteriors,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pmm_pymc.diffusion import expected_nfe, pmm_blocks, timestep_grid
-from pmm_pymc.schedules import DDPMSchedule, get_schedule
+from pmm_pymc.diffusion.sampler import expected_nfe, pmm_blocks, timestep_grid
+from pmm_pymc.diffusion.schedules import DDPMSchedule, get_schedule
 
 
 def test_linear_schedule_values():

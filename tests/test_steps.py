@@ -12,9 +12,9 @@ from pymc.stats.convergence import SamplerWarning
 from pymc.step_methods import CompoundStep
 from test_core import exact_stationary_variance
 
-from pmm_pymc.adaptation import langevin_log_accept_ratio, pmm_stability_limit
 from pmm_pymc.core import langevin_chain, pmm_step
-from pmm_pymc.steps import LangevinMC, PoissonMidpoint
+from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
+from pmm_pymc.mcmc.warmup import langevin_log_accept_ratio, pmm_stability_limit
 
 SAMPLE_KW = {"progressbar": False, "compute_convergence_checks": False}
 

@@ -28,8 +28,8 @@ import numpy as np
 import pymc as pm
 import pytest
 
-from pmm_pymc.posteriors import load_model, load_reference
-from pmm_pymc.steps import LangevinMC, PoissonMidpoint
+from pmm_pymc.evaluation.posteriors import load_model, load_reference
+from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
 
 BIAS_SD = 0.15
 BIAS_SD_RATIO = 0.15

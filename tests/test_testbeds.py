@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from pmm_pymc.digits import digits_data
-from pmm_pymc.testbeds import (
+from pmm_pymc.evaluation.digits import digits_data
+from pmm_pymc.evaluation.testbeds import (
     ExactEpsModel,
     GaussianMixtureTestbed,
     get_testbed,
@@ -18,7 +18,8 @@ from pmm_pymc.testbeds import (
 )
 
 T = 1000
-# the linear DDPM schedule, written out here so the tests do not depend on pmm_pymc.schedules
+# the linear DDPM schedule, written out here so the tests do not depend on
+# pmm_pymc.diffusion.schedules
 ALPHAS_CUMPROD = torch.cumprod(1.0 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0)
 
 

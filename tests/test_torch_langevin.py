@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pmm_pymc.torch import sample_langevin
+from pmm_pymc.diffusion.langevin_torch import sample_langevin
 
 
 def std_normal_log_prob(x: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Compare diffusion samplers on a testbed with an exact score: metric against network calls.
 
-:func:`compare_diffusion` samples a testbed of :mod:`pmm_pymc.testbeds` with every method of
+:func:`compare_diffusion` samples a testbed of :mod:`pmm_pymc.evaluation.testbeds` with every
+method of
 :func:`pmm_pymc.diffusion.sample` at several budgets of network evaluations (NFE) and seeds,
 and scores the samples against exact samples of the target with the metrics of
-:mod:`pmm_pymc.metrics`. Needs the ``torch`` extra.
+:mod:`pmm_pymc.evaluation.metrics`. Needs the ``torch`` extra.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from pmm_pymc import metrics as _metrics
-from pmm_pymc.diffusion import METHODS, sample
-from pmm_pymc.schedules import DDPMSchedule, get_schedule
-from pmm_pymc.testbeds import get_testbed, list_testbeds
+from pmm_pymc.diffusion.sampler import METHODS, sample
+from pmm_pymc.diffusion.schedules import DDPMSchedule, get_schedule
+from pmm_pymc.evaluation import metrics as _metrics
+from pmm_pymc.evaluation.testbeds import get_testbed, list_testbeds
 
 __all__ = [
     "DIFFUSION_METRICS",
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 #: Scale of the "fine" MMD bandwidth: a fraction of the median heuristic that resolves thin
-#: directions and small modes (see :func:`pmm_pymc.metrics.mmd_rbf`).
+#: directions and small modes (see :func:`pmm_pymc.evaluation.metrics.mmd_rbf`).
 _FINE_SCALE = 0.2
 _EXACT_SEED_OFFSET = 1_000_003  # seeds of the exact reference samples
 _FLOOR_SEED_OFFSET = 2_000_003  # seeds of the second exact set (the noise floor)
@@ -94,10 +95,11 @@ class DigitsNetworkTestbed:
 
     Unlike the exact testbeds, the target is the data distribution the network learned: the
     reference samples are the 1438 digits of the training split
-    (:func:`pmm_pymc.digits.digits_data`), and the noise floor compares the 359 held-out test
+    (:func:`pmm_pymc.evaluation.digits.digits_data`), and the noise floor compares the 359
+    held-out test
     digits with them (fewer samples: the floor's Fréchet distance carries more small-sample
     bias than the runs'). The Fréchet distance is computed on the penultimate features of the
-    bundled digit classifier (:func:`pmm_pymc.digits.load_classifier`).
+    bundled digit classifier (:func:`pmm_pymc.evaluation.digits.load_classifier`).
 
     Parameters
     ----------
@@ -108,7 +110,7 @@ class DigitsNetworkTestbed:
     dim = 64
 
     def __init__(self, device: torch.device | str | None = None) -> None:
-        from pmm_pymc import digits
+        from pmm_pymc.evaluation import digits
 
         self._digits = digits
         self.device = torch.device(device or "cpu")
@@ -145,7 +147,8 @@ _NETWORK_TESTBEDS: dict[str, Callable[[torch.device], Any]] = {
 def list_diffusion_testbeds() -> list[str]:
     """Testbed names :func:`compare_diffusion` accepts.
 
-    The exact-score testbeds of :func:`pmm_pymc.testbeds.list_testbeds` and ``"digits-net"``
+    The exact-score testbeds of :func:`pmm_pymc.evaluation.testbeds.list_testbeds` and
+    ``"digits-net"``
     (:class:`DigitsNetworkTestbed`, the bundled trained network).
     """
     return [*list_testbeds(), *_NETWORK_TESTBEDS]

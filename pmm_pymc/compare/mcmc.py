@@ -23,6 +23,7 @@ import xarray as xr
 from pymc.initial_point import make_initial_point_fns_per_chain
 from pymc.step_methods.compound import BlockedStep, CompoundStep
 
+from pmm_pymc._validate import check_int
 from pmm_pymc.compare.diagnostics import (
     error_curve,
     gradient_evaluations,
@@ -88,12 +89,6 @@ class SamplerComparison:
 # ----------------------------------------------------------------------------------------
 
 
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_budget(budget: Any) -> Budget:
     if isinstance(budget, str):
         if budget not in ("gradients", "draws"):
@@ -101,7 +96,7 @@ def _check_budget(budget: Any) -> Budget:
                 f"budget must be 'gradients', 'draws' or a positive integer, got {budget!r}"
             )
         return budget  # type: ignore[return-value]
-    return _check_count("budget", budget, 1)
+    return check_int("budget", budget, 1)
 
 
 def _methods(step: Step) -> list[BlockedStep]:
@@ -151,7 +146,7 @@ def _reports_gradients(step: Step) -> bool:
 
 
 def _check_reference(model: pm.Model, reference: Any) -> xr.Dataset:
-    from pmm_pymc.posteriors import check_reference_matches
+    from pmm_pymc.evaluation.posteriors import check_reference_matches
 
     check_reference_matches(model, reference)
     if isinstance(reference, xr.DataTree):
@@ -320,8 +315,9 @@ def compare_samplers(
     random_seed : int, optional
         Seed of the starting points and of every :func:`pymc.sample` call.
     reference : xarray.DataTree or xarray.Dataset, optional
-        Reference draws (e.g. :func:`pmm_pymc.posteriors.load_reference`); checked against
-        the model with :func:`pmm_pymc.posteriors.check_reference_matches` before sampling.
+        Reference draws (e.g. :func:`pmm_pymc.evaluation.posteriors.load_reference`); checked
+        against the model with
+        :func:`pmm_pymc.evaluation.posteriors.check_reference_matches` before sampling.
     budget : {"gradients", "draws"} or int, default "gradients"
         ``"gradients"``: the first sampler runs ``draws`` draws and every other sampler gets
         the same post-tuning gradient evaluations per chain (e.g. LangevinMC about twice the
@@ -362,7 +358,7 @@ def compare_samplers(
         import pymc as pm
         from pmm_pymc import LangevinMC, PoissonMidpoint
         from pmm_pymc.compare import compare_samplers
-        from pmm_pymc.posteriors import load_model, load_reference
+        from pmm_pymc.evaluation.posteriors import load_model, load_reference
 
         model = load_model("eight_schools_noncentered")
         result = compare_samplers(
@@ -373,10 +369,10 @@ def compare_samplers(
         )
         print(result.summary)
     """
-    draws = _check_count("draws", draws, 1)
-    chains = _check_count("chains", chains, 1)
-    tune = _check_count("tune", tune, 0)
-    cores = _check_count("cores", cores, 1)
+    draws = check_int("draws", draws, 1)
+    chains = check_int("chains", chains, 1)
+    tune = check_int("tune", tune, 0)
+    cores = check_int("cores", cores, 1)
     budget = _check_budget(budget)
     if not isinstance(model, pm.Model):
         raise TypeError(f"model must be a pymc.Model, got {type(model).__name__}")

@@ -24,7 +24,7 @@ Examples
 .. code-block:: python
 
     import pymc as pm
-    from pmm_pymc.posteriors import check_reference_matches, load_model, load_reference
+    from pmm_pymc.evaluation.posteriors import check_reference_matches, load_model, load_reference
 
     model = load_model("eight_schools_noncentered")
     reference = load_reference("eight_schools_noncentered")

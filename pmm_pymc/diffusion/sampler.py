@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pmm_pymc._validate import check_int
 from pmm_pymc.core import AffineChain, fired_from_mask, pmm_step
-from pmm_pymc.schedules import DDPMSchedule, get_schedule
-from pmm_pymc.torch import GeneratorArg, LazyNoise, RandomSource
+from pmm_pymc.diffusion.noise import GeneratorArg, LazyNoise, RandomSource
+from pmm_pymc.diffusion.schedules import DDPMSchedule, get_schedule
 
 __all__ = [
     "METHODS",
@@ -460,12 +461,6 @@ def _resolve_dtypes(
     return dtype, state
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    return int(value)
-
-
 # ----------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def sample(
@@ -639,7 +634,7 @@ def sample(
     if method != "pmm":
         layout: tuple[int, ...] = (1,) * steps
     elif K is not None:
-        layout = pmm_blocks(steps, K=_check_int("K", K, 1, steps))
+        layout = pmm_blocks(steps, K=check_int("K", K, 1, steps))
     elif budget is not None:
         layout = pmm_blocks(
             steps, nfe=budget, policy=policy, schedule=schedule, timesteps=grid, data_var=data_var

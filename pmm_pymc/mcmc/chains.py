@@ -41,8 +41,9 @@ from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.special import LogSumExp
 from xarray import DataTree
 
-from pmm_pymc.adaptation import check_step_options, initial_step_size, pmm_stability_limit
+from pmm_pymc._validate import check_int
 from pmm_pymc.core import fired_from_mask, langevin_chain, pmm_step
+from pmm_pymc.mcmc.warmup import check_step_options, initial_step_size, pmm_stability_limit
 
 __all__ = [
     "BatchedLogpGrad",
@@ -274,7 +275,7 @@ def batched_log_accept_ratio(
     step_size: float,
     inv_mass: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Row-wise :func:`pmm_pymc.adaptation.langevin_log_accept_ratio` for a batch of moves.
+    """Row-wise :func:`pmm_pymc.mcmc.warmup.langevin_log_accept_ratio` for a batch of moves.
 
     Parameters
     ----------
@@ -400,12 +401,6 @@ class _PooledVariance:
 # ------------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_options(
     chains: Any,
     draws: Any,
@@ -419,9 +414,9 @@ def _check_options(
     precondition: Any,
     backend: Any,
 ) -> tuple[int, int, int, int, float | None, float]:
-    chains = _check_int("chains", chains, 1)
-    draws = _check_int("draws", draws, 1)
-    tune = _check_int("tune", tune, 0)
+    chains = check_int("chains", chains, 1)
+    draws = check_int("draws", draws, 1)
+    tune = check_int("tune", tune, 0)
     if not (isinstance(method, str) and method in ("pmm", "lmc")):
         raise ValueError(f"method must be 'pmm' or 'lmc', got {method!r}")
     if method == "lmc":
@@ -429,7 +424,7 @@ def _check_options(
             raise ValueError(f"K must be None or 1 with method='lmc', got {K!r}")
         K = 1
     else:
-        K = _check_int("K", DEFAULT_K if K is None else K, 1)
+        K = check_int("K", DEFAULT_K if K is None else K, 1)
     step_size, target_accept = check_step_options(
         step_size, adapt_step_size, target_accept, max_energy_error, method
     )
@@ -561,9 +556,9 @@ def sample_chains(
     adapt_step_size : bool, default True
         Dual averaging (PyMC's ``DualAverageAdaptation``) of the *mean over the
         chains* of the would-be MALA acceptance of each move
-        (:func:`pmm_pymc.adaptation.langevin_log_accept_ratio`).
+        (:func:`pmm_pymc.mcmc.warmup.langevin_log_accept_ratio`).
     target_accept : float, optional
-        Its target; default :data:`pmm_pymc.adaptation.DEFAULT_TARGET_ACCEPT`.
+        Its target; default :data:`pmm_pymc.mcmc.warmup.DEFAULT_TARGET_ACCEPT`.
     max_energy_error : float, default 1000
         A move whose energy error (minus its log MALA ratio) exceeds this is a
         divergence: rejected, the chain stays put.
@@ -640,7 +635,7 @@ def sample_chains(
         precondition,
         backend,
     )
-    cores = _check_int("cores", cores, 1)
+    cores = check_int("cores", cores, 1)
     if not isinstance(discard_tuned_samples, bool | np.bool_):
         raise ValueError(
             f"discard_tuned_samples must be True or False, got {discard_tuned_samples!r}"

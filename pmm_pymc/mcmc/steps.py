@@ -34,7 +34,8 @@ from pymc.step_methods.step_sizes import DualAverageAdaptation, StepSizeState
 from pymc.util import RandomGenerator, get_value_vars_from_user_vars
 from pymc.vartypes import discrete_types
 
-from pmm_pymc.adaptation import (
+from pmm_pymc.core import AffineChain, langevin_chain, pmm_step
+from pmm_pymc.mcmc.warmup import (
     MassMatrixAdaptation,
     MassMatrixState,
     check_step_options,
@@ -42,7 +43,6 @@ from pmm_pymc.adaptation import (
     langevin_log_accept_ratio,
     pmm_stability_limit,
 )
-from pmm_pymc.core import AffineChain, langevin_chain, pmm_step
 
 __all__ = ["DENSE_MAX_DIM", "LangevinMC", "LangevinState", "PoissonMidpoint"]
 
@@ -438,13 +438,13 @@ class LangevinMC(_LangevinStep):
         ``adapt_step_size=True`` is the starting value of the adaptation.
     adapt_step_size : bool, default True
         Dual averaging of the would-be MALA acceptance
-        (:func:`pmm_pymc.adaptation.langevin_log_accept_ratio`) during tuning.
+        (:func:`pmm_pymc.mcmc.warmup.langevin_log_accept_ratio`) during tuning.
     target_accept : float, optional
-        Its target; default :data:`pmm_pymc.adaptation.DEFAULT_TARGET_ACCEPT`.
+        Its target; default :data:`pmm_pymc.mcmc.warmup.DEFAULT_TARGET_ACCEPT`.
     precondition : {"auto", "dense", "diag", None}, default "auto"
         ``"dense"``: ``M^{-1}`` is a full matrix estimated during tuning from the
         draws and their gradients, in Stan's windows, with the step-size adaptation
-        restarted after each update (:class:`pmm_pymc.adaptation.MassMatrixAdaptation`).
+        restarted after each update (:class:`pmm_pymc.mcmc.warmup.MassMatrixAdaptation`).
         ``"diag"``: its diagonal version, ``O(d)`` per draw instead of ``O(d^2)``.
         ``"auto"``: ``"dense"`` up to :data:`DENSE_MAX_DIM` dimensions, ``"diag"``
         above. ``None``: ``M = I``. The resolved kind is the attribute ``precondition``.

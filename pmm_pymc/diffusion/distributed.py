@@ -22,8 +22,8 @@ Example
     import os
     import torch
     import torch.distributed as dist
-    from pmm_pymc import distributed
-    from pmm_pymc.digits import load_eps_model
+    from pmm_pymc.diffusion import distributed
+    from pmm_pymc.evaluation.digits import load_eps_model
 
     dist.init_process_group("nccl")  # or "gloo" on CPUs
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -43,7 +43,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pmm_pymc import diffusion
+from pmm_pymc._validate import check_int
+from pmm_pymc.diffusion import sampler as diffusion
 
 __all__ = ["DistributedOutput", "sample", "sample_generators", "shard_range"]
 
@@ -75,12 +76,6 @@ class DistributedOutput(NamedTuple):
     world_size: int
 
 
-def _check_nonneg_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
-
-
 def sample_generators(
     seed: int, start: int, stop: int, device: torch.device | str = "cpu"
 ) -> list[torch.Generator]:
@@ -104,9 +99,9 @@ def sample_generators(
     -------
     list of torch.Generator
     """
-    seed = _check_nonneg_int("seed", seed)
-    start = _check_nonneg_int("start", start)
-    stop = _check_nonneg_int("stop", stop)
+    seed = check_int("seed", seed, 0)
+    start = check_int("start", start, 0)
+    stop = check_int("stop", stop, 0)
     if stop < start:
         raise ValueError(f"need start <= stop, got start={start}, stop={stop}")
     gens = []
@@ -122,7 +117,7 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     Shares differ in size by at most one; the first ``n % world_size`` ranks
     hold the larger ones.
     """
-    n = _check_nonneg_int("n", n)
+    n = check_int("n", n, 0)
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:

@@ -403,7 +403,7 @@ def log_density_gap(
     Parameters
     ----------
     testbed : object with ``log_prob(x) -> (n,)`` tensor
-        E.g. a :class:`pmm_pymc.testbeds.GaussianMixtureTestbed`.
+        E.g. a :class:`pmm_pymc.evaluation.testbeds.GaussianMixtureTestbed`.
     samples : torch.Tensor, shape (n, ...)
     exact_samples : torch.Tensor, shape (m, ...)
         Exact draws from the target (``testbed.sample``).

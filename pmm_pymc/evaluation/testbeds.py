@@ -433,7 +433,7 @@ class GaussianMixtureTestbed:
         Parameters
         ----------
         schedule : object with ``alphas_cumprod``, or a 1-D tensor of ``abar_t``
-            The training schedule, e.g. :class:`pmm_pymc.schedules.DDPMSchedule`.
+            The training schedule, e.g. :class:`pmm_pymc.diffusion.schedules.DDPMSchedule`.
 
         Returns
         -------
@@ -591,7 +591,7 @@ def fit_digits_mixture(
 ) -> GaussianMixtureTestbed:
     """Fit a full-covariance Gaussian mixture to the bundled 8x8 digits.
 
-    The pixels are scaled to [-1, 1] (:func:`pmm_pymc.digits.digits_data`);
+    The pixels are scaled to [-1, 1] (:func:`pmm_pymc.evaluation.digits.digits_data`);
     the fit is scikit-learn's :class:`~sklearn.mixture.GaussianMixture` with
     ``random_state=seed``. ``reg_covar`` floors every eigenvalue (the variance in
     the thinnest directions). ``get_testbed("digits64")`` is this fit with the
@@ -610,7 +610,7 @@ def fit_digits_mixture(
     """
     from sklearn.mixture import GaussianMixture
 
-    from pmm_pymc.digits import digits_data
+    from pmm_pymc.evaluation.digits import digits_data
 
     x = digits_data().numpy().astype(np.float64)
     gm = GaussianMixture(

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from pmm_pymc._validate import check_int
+
 __all__ = ["DDPMSchedule", "get_schedule"]
 
 
@@ -92,7 +94,7 @@ class DDPMSchedule:
         -------
         DDPMSchedule
         """
-        T = _validate_T(T)
+        T = check_int("T", T, 1)
         if not (0.0 < beta_start <= beta_end < 1.0):
             raise ValueError(
                 "need 0 < beta_start <= beta_end < 1, got "
@@ -120,7 +122,7 @@ class DDPMSchedule:
         -------
         DDPMSchedule
         """
-        T = _validate_T(T)
+        T = check_int("T", T, 1)
         if not s >= 0.0:
             raise ValueError(f"s must be >= 0, got {s!r}")
         if not 0.0 < max_beta < 1.0:
@@ -212,12 +214,6 @@ def get_schedule(schedule: DDPMSchedule | str) -> DDPMSchedule:
             return DDPMSchedule.cosine()
         raise ValueError(f"unknown schedule {schedule!r}; use 'linear', 'cosine' or a DDPMSchedule")
     raise TypeError(f"schedule must be a DDPMSchedule or a name, got {type(schedule)!r}")
-
-
-def _validate_T(T: Any) -> int:
-    if isinstance(T, bool) or int(T) != T or T < 1:
-        raise ValueError(f"T must be an integer >= 1, got {T!r}")
-    return int(T)
 
 
 def _validate_betas(betas: Any) -> np.ndarray:

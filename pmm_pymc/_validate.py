@@ -1,0 +1,114 @@
+"""One validator per kind of option: integers, real numbers, flags and choices.
+
+Every public function of the package checks its options with these, so that
+the same kind of bad value gets the same error everywhere: numpy scalars are
+numbers, booleans are not (``True`` is refused where an integer or a real
+number is asked for), and the message names the option and the bad value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_bool", "check_choice", "check_int", "check_real"]
+
+
+def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an ``int``, or a ``ValueError`` naming ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The option's name, for the message.
+    value : object
+        An ``int`` or numpy integer (not a bool).
+    minimum, maximum : int, optional
+        Inclusive bounds.
+
+    Returns
+    -------
+    int
+    """
+    ok = not isinstance(value, bool | np.bool_) and isinstance(value, int | np.integer)
+    ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    if not ok:
+        if minimum is not None and maximum is not None:
+            bound = f" in [{minimum}, {maximum}]"
+        elif minimum is not None:
+            bound = f" >= {minimum}"
+        elif maximum is not None:
+            bound = f" <= {maximum}"
+        else:
+            bound = ""
+        raise ValueError(f"{name} must be an integer{bound}, got {value!r}")
+    return int(value)
+
+
+def check_real(
+    name: str,
+    value: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> float:
+    """``value`` as a finite ``float``, or a ``ValueError`` naming ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The option's name, for the message.
+    value : object
+        An ``int``, ``float`` or numpy real scalar (not a bool), finite.
+    gt, ge, lt, le : float, optional
+        Strict and inclusive bounds.
+
+    Returns
+    -------
+    float
+    """
+    ok = not isinstance(value, bool | np.bool_) and isinstance(
+        value, int | float | np.integer | np.floating
+    )
+    ok = ok and math.isfinite(float(value))
+    if ok:
+        v = float(value)
+        ok = (
+            (gt is None or v > gt)
+            and (ge is None or v >= ge)
+            and (lt is None or v < lt)
+            and (le is None or v <= le)
+        )
+    if not ok:
+        parts = []
+        if gt is not None:
+            parts.append(f"> {gt:g}")
+        if ge is not None:
+            parts.append(f">= {ge:g}")
+        if lt is not None:
+            parts.append(f"< {lt:g}")
+        if le is not None:
+            parts.append(f"<= {le:g}")
+        bound = (" " + " and ".join(parts)) if parts else ""
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a ``bool`` (``True``/``False`` or a numpy bool), or a ``ValueError``."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``choices``, else a ``ValueError`` listing them."""
+    choices = tuple(choices)
+    if not any(value is c or (isinstance(value, str) and value == c) for c in choices):
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
