@@ -45,7 +45,9 @@ import numpy as np
 import pymc as pm
 
 from pmm_pymc.mcmc.chains import DEFAULT_K, BatchedLogpGrad, _run, sample_chains
+from pmm_pymc.mcmc.kernel import LangevinState
 from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
+from pmm_pymc.mcmc.warmup import Warmup
 
 WEIGHTS = (0.3, 0.7)
 SEPARATION = 1.5  # component means at -/+ 1.5 sd: each coordinate is bimodal
@@ -253,7 +255,7 @@ def _breakdown(dims: list[int], quick: bool) -> None:
 
 def _breakdown_row(d: int, quick: bool) -> str:
     from pmm_pymc.core import langevin_chain, pmm_step
-    from pmm_pymc.mcmc.warmup import langevin_log_accept_ratio
+    from pmm_pymc.mcmc.kernel import Metric, log_accept_ratio
 
     t = 0.05 if quick else 0.3
     model, _, _ = mixture_model(d)
@@ -268,6 +270,7 @@ def _breakdown_row(d: int, quick: bool) -> str:
     fired[1] = np.zeros(1, dtype=np.intp)
     g = np.ones(d)
     ones = np.ones((K, 1, d))
+    zero, metric = np.zeros(1), Metric.diag(g)
     parts = {
         "grads": (2 - 1 / K) * per_call_seconds(lambda: fn(x), t),
         "noise": per_call_seconds(lambda: (rng.standard_normal((K, 1, d)), rng.random(K - 1)), t),
@@ -275,7 +278,10 @@ def _breakdown_row(d: int, quick: bool) -> str:
             lambda: pmm_step(lambda p, gr: p, x[None], g[None], ones, fired, chain), t
         ),
         "accept": per_call_seconds(
-            lambda: langevin_log_accept_ratio(0.0, 0.1, x, x + 0.1, g, g, 0.1, g), t
+            lambda: log_accept_ratio(
+                zero, zero + 0.1, x[None], x[None] + 0.1, g[None], g[None], 0.1, metric
+            ),
+            t,
         ),
     }
     loop = _step_loop_seconds(step, model, 500 if quick else 3000, seed=0) * (2 - 1 / K)
@@ -486,26 +492,24 @@ def bench_scaling(dims: list[int], chain_counts: list[int], repeats: int, quick:
             for r in range(repeats):
                 logp, grad = f(x0)
                 t0 = time.perf_counter()
+                warmup = Warmup(
+                    d, step_size=0.05, adapt_step_size=False, target_accept=0.9, precondition=None
+                )
                 out = _run(
                     f,
-                    x0.copy(),
-                    logp,
-                    grad,
+                    LangevinState(x0.copy(), logp, grad),
+                    warmup,
                     np.random.default_rng(r),
                     draws=iters,
                     tune=0,
                     K=DEFAULT_K,
-                    step0=0.05,
-                    adapt_step_size=False,
-                    target=0.9,
                     max_energy_error=1000.0,
-                    precondition=None,
                     keep_tune=False,
                     progress=False,
                 )
                 elapsed = time.perf_counter() - t0
                 per_iter.append(elapsed / iters)
-                gps.append(out["n_steps"].sum() / elapsed)
+                gps.append(out.stats["n_steps"].sum() / elapsed)
             it = statistics.median(per_iter)
             print(
                 f"| {d} | {C} | {fmt(call * 1e6)} | {fmt(call * 1e6 / C)} | {fmt(it * 1e6)} | "

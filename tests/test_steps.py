@@ -13,8 +13,8 @@ from pymc.step_methods import CompoundStep
 from test_core import exact_stationary_variance
 
 from pmm_pymc.core import langevin_chain, pmm_step
+from pmm_pymc.mcmc.kernel import Metric, log_accept_ratio, pmm_stability_limit
 from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
-from pmm_pymc.mcmc.warmup import langevin_log_accept_ratio, pmm_stability_limit
 
 SAMPLE_KW = {"progressbar": False, "compute_convergence_checks": False}
 
@@ -55,7 +55,7 @@ def test_fixed_step_is_exactly_the_core_update(small_model, cls, K):
     """With step_size given and nothing adapting, the step is the core update bit for bit.
 
     The reference is a hand-rolled loop over ``pmm_step`` with the documented order of
-    random numbers (Z of shape (K, 1, d), then U of length K-1) and the model's own
+    random numbers (U of shape (K-1, 1), then Z of shape (K, 1, d)) and the model's own
     compiled gradient, so any difference in update, noise or caching shows up exactly.
     """
     kw = {"K": K} if cls is PoissonMidpoint else {}
@@ -69,11 +69,11 @@ def test_fixed_step_is_exactly_the_core_update(small_model, cls, K):
     logp, grad = fn(x)
     chain = langevin_chain(0.05, K)
     for t in range(60):
-        noise = rng.standard_normal((K, 1, x.size))
         fired = [None] * K
         if K > 1:
-            for i in np.flatnonzero(rng.random(K - 1) < 1 / K):
+            for i in np.flatnonzero(rng.random((K - 1, 1))[:, 0] < 1 / K):
                 fired[i + 1] = np.zeros(1, dtype=np.intp)
+        noise = rng.standard_normal((K, 1, x.size))
         x, _ = pmm_step(
             lambda p, g: np.stack([fn(r)[1] for r in p]), x[None], grad[None], noise, fired, chain
         )
@@ -343,13 +343,17 @@ def test_accept_ratio_is_the_mala_ratio():
         return -np.sum(r * r / inv_mass) / (4 * eta)
 
     expected = -1.3 - (-0.4) + logq(x, y, gy) - logq(y, x, gx)
-    got = langevin_log_accept_ratio(-0.4, -1.3, x, y, gx, gy, eta, inv_mass)
-    assert got == pytest.approx(expected, rel=1e-12)
-    ones = np.ones(d)
-    assert langevin_log_accept_ratio(-0.4, -1.3, x, y, gx, gy, eta) == pytest.approx(
-        langevin_log_accept_ratio(-0.4, -1.3, x, y, gx, gy, eta, ones), rel=1e-14
+
+    def ratio(logp_new, metric):
+        rows = (a[None] for a in (x, y, gx, gy))
+        return log_accept_ratio(np.array([-0.4]), np.array([logp_new]), *rows, eta, metric)[0]
+
+    assert ratio(-1.3, Metric.diag(inv_mass)) == pytest.approx(expected, rel=1e-12)
+    assert ratio(-1.3, Metric.dense(np.diag(inv_mass))) == pytest.approx(expected, rel=1e-12)
+    assert ratio(-1.3, Metric.identity()) == pytest.approx(
+        ratio(-1.3, Metric.diag(np.ones(d))), rel=1e-14
     )
-    assert langevin_log_accept_ratio(0.0, np.inf, x, y, gx, gy, eta) == -np.inf
+    assert ratio(np.inf, Metric.identity()) == -np.inf
 
 
 @pytest.mark.parametrize("precondition", ["diag", "dense"])
@@ -361,7 +365,7 @@ def test_adapted_step_size_and_preconditioner(precondition):
     with model:
         step = PoissonMidpoint(precondition=precondition)
         idata = pm.sample(draws=500, tune=600, chains=1, step=step, random_seed=1, **SAMPLE_KW)
-    var = step.mass_adapt.inv_mass
+    var = step.warmup.metric.inv_mass
     if precondition == "dense":
         assert var.shape == (2, 2) and abs(var[0, 1]) < 0.2 * np.sqrt(var[0, 0] * var[1, 1])
         var = np.diag(var)

@@ -5,12 +5,10 @@ model's log density and its gradient are compiled once for a *batch* of raveled
 points (PyTensor's graph vectorisation of the model's logp over a leading chain
 axis, then the gradient of the summed batch), so a draw of all ``C`` chains
 costs two compiled calls however large ``C`` is: one at the fired midpoints of
-all chains (stacked) and one at the ``C`` new points. The update itself is
-:func:`pmm_pymc.core.pmm_step` on the whole batch; this module holds no copy of
-it.
-
-Adaptation is pooled across the chains (one step size, one diagonal inverse
-mass matrix); see :func:`sample_chains` for the schedule and why.
+all chains (stacked) and one at the ``C`` new points. The transition and the
+warm-up are the ones the per-chain steps run (:func:`pmm_pymc.mcmc.kernel.transition`
+and :class:`pmm_pymc.mcmc.warmup.Warmup`), with one row per chain; this module holds
+no copy of either, only the batched log density and the loop.
 """
 
 from __future__ import annotations
@@ -19,8 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pytensor
@@ -32,7 +29,7 @@ from pymc.initial_point import make_initial_point_fn
 from pymc.model import Model, modelcontext
 from pymc.pytensorf import compile as pm_compile
 from pymc.pytensorf import join_nonshared_inputs, rewrite_pregrad
-from pymc.step_methods.step_sizes import DualAverageAdaptation
+from pymc.stats.convergence import SamplerWarning, WarningType, log_warnings, run_convergence_checks
 from pymc.util import RandomSeed, get_default_varnames
 from pymc.vartypes import discrete_types
 from pytensor.graph.fg import FunctionGraph
@@ -41,16 +38,11 @@ from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.special import LogSumExp
 from xarray import DataTree
 
-from pmm_pymc._validate import check_int
-from pmm_pymc.core import fired_from_mask, langevin_chain, pmm_step
-from pmm_pymc.mcmc.warmup import check_step_options, initial_step_size, pmm_stability_limit
+from pmm_pymc._validate import check_bool, check_choice, check_int
+from pmm_pymc.mcmc.kernel import LangevinInfo, LangevinParams, LangevinState, draw, transition
+from pmm_pymc.mcmc.warmup import Warmup, check_precondition, check_step_options
 
-__all__ = [
-    "BatchedLogpGrad",
-    "DEFAULT_K",
-    "batched_log_accept_ratio",
-    "sample_chains",
-]
+__all__ = ["BatchedLogpGrad", "DEFAULT_K", "sample_chains"]
 
 DEFAULT_K = 4
 """Default number of PMM sub-steps; the same as :class:`pmm_pymc.PoissonMidpoint`'s."""
@@ -61,7 +53,6 @@ _STAT_RENAME = {"model_logp": "lp"}
 _MAX_INIT_TRIES = 10
 MIN_ROWS_PER_THREAD = 64
 """The fewest rows per thread for which :class:`BatchedLogpGrad` splits a batch."""
-_GAP_NOISE_MIN_SIZE = 8192  # C x n from which drawing noise per gap is the faster (measured)
 SPLIT_SECONDS = 2e-3
 """A batch is split over threads only when one call would take longer (thread overhead)."""
 
@@ -265,137 +256,6 @@ def _batched_point_fn(
     return names, batched
 
 
-def batched_log_accept_ratio(
-    logp: np.ndarray,
-    logp_new: np.ndarray,
-    x: np.ndarray,
-    x_new: np.ndarray,
-    grad: np.ndarray,
-    grad_new: np.ndarray,
-    step_size: float,
-    inv_mass: np.ndarray | None = None,
-) -> np.ndarray:
-    """Row-wise :func:`pmm_pymc.mcmc.warmup.langevin_log_accept_ratio` for a batch of moves.
-
-    Parameters
-    ----------
-    logp, logp_new : numpy.ndarray, shape (B,)
-        ``log pi`` at the starts and the ends of the moves.
-    x, x_new : numpy.ndarray, shape (B, d)
-    grad, grad_new : numpy.ndarray, shape (B, d)
-        ``grad log pi`` at ``x`` and ``x_new`` (not preconditioned).
-    step_size : float
-    inv_mass : numpy.ndarray, shape (d,), optional
-
-    Returns
-    -------
-    numpy.ndarray, shape (B,)
-        The log MALA acceptance ratio of each move, ``-inf`` where not finite.
-    """
-    with np.errstate(over="ignore", invalid="ignore"):
-        diff = grad_new - grad
-        if inv_mass is not None:
-            diff *= inv_mass
-        diff *= step_size
-        diff += 2.0 * (x_new - x)
-        log_ratio = logp_new - logp - 0.25 * np.einsum("ij,ij->i", diff, grad + grad_new)
-    return np.where(np.isfinite(log_ratio), log_ratio, -np.inf)
-
-
-def _gap_noise(rng: np.random.Generator, mask: np.ndarray, n: int) -> np.ndarray:
-    """Sub-step noise ``(K, C, n)`` for the Langevin chain, one Gaussian per gap between firings.
-
-    With ``a_i = 1`` and equal ``s_i`` (:func:`pmm_pymc.core.langevin_chain`),
-    :func:`pmm_pymc.core.pmm_step` uses the noise only through its partial sums
-    ``S_i = sum_{j<i} noise[j]`` at the fired midpoints ``i`` and ``S_K`` at the
-    end: a Gaussian random walk seen at those sub-steps. Drawing, for each gap
-    ``[i, i')`` between consecutive fired sub-steps (``0`` and ``K`` included),
-    one ``N(0, (i' - i) I)`` vector placed at sub-step ``i`` and zeros elsewhere
-    gives those sums exactly their joint law, at ``1 + #fired`` Gaussian vectors
-    per chain instead of ``K`` (the midpoints that do not fire are never used).
-    With ``K = 1`` it is the same draws as ``rng.standard_normal((1, C, n))``.
-
-    Parameters
-    ----------
-    rng : numpy.random.Generator
-    mask : numpy.ndarray of bool, shape (K, C)
-        The fired midpoints (row 0 ignored).
-    n : int
-        Dimension of a chain's state.
-    """
-    K, C = mask.shape
-    starts = mask.copy()
-    starts[0] = True
-    gap = np.empty((K, C))
-    following = np.full(C, K)  # the first start after sub-step j (or K)
-    for j in range(K - 1, -1, -1):
-        gap[j] = following - j
-        following = np.where(starts[j], j, following)
-    z = rng.standard_normal((int(starts.sum()), n))
-    z *= np.sqrt(gap[starts])[:, None]
-    noise = np.zeros((K, C, n))
-    noise[starts] = z
-    return noise
-
-
-# ------------------------------------------------------------------------------------------------
-# Pooled adaptation
-# ------------------------------------------------------------------------------------------------
-
-
-def _adaptation_windows(tune: int) -> list[tuple[int, int]]:
-    """Stan's windowed schedule for the inverse mass matrix: ``[(start, end), ...]``.
-
-    An initial buffer of 75 iterations (step size only), slow windows of 25,
-    50, 100, ... iterations (the last one stretched to the terminal buffer),
-    and a terminal buffer of 50 (step size only). Short warm-ups use 15% / 75% /
-    10%, as Stan does. Fewer than 20 tuning iterations: no window.
-    """
-    if tune < 20:
-        return []
-    init, term, base = 75, 50, 25
-    if init + term + base > tune:
-        init, term = int(0.15 * tune), int(0.1 * tune)
-        base = tune - init - term
-    windows = []
-    start, size, last = init, base, tune - term
-    while start < last:
-        end = start + size
-        if end + 2 * size > last:
-            end = last
-        windows.append((start, end))
-        start, size = end, 2 * size
-    return windows
-
-
-@dataclass
-class _PooledVariance:
-    """Welford/Chan accumulator of the variance of rows pooled over chains and iterations."""
-
-    n: int
-    mean: np.ndarray
-    m2: np.ndarray
-
-    @classmethod
-    def empty(cls, d: int) -> _PooledVariance:
-        return cls(0, np.zeros(d), np.zeros(d))
-
-    def add(self, rows: np.ndarray) -> None:
-        nb = rows.shape[0]
-        mb = rows.mean(axis=0)
-        m2b = ((rows - mb) ** 2).sum(axis=0)
-        n = self.n + nb
-        delta = mb - self.mean
-        self.mean = self.mean + delta * (nb / n)
-        self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / n)
-        self.n = n
-
-    def regularized(self) -> np.ndarray:
-        """Stan's shrunk variance ``n/(n+5) var + 1e-3 * 5/(n+5)``."""
-        var = self.m2 / max(self.n - 1, 1)
-        return (self.n / (self.n + 5.0)) * var + 1e-3 * (5.0 / (self.n + 5.0))
-
-
 # ------------------------------------------------------------------------------------------------
 # Validation
 # ------------------------------------------------------------------------------------------------
@@ -411,14 +271,12 @@ def _check_options(
     adapt_step_size: Any,
     target_accept: Any,
     max_energy_error: Any,
-    precondition: Any,
     backend: Any,
 ) -> tuple[int, int, int, int, float | None, float]:
     chains = check_int("chains", chains, 1)
     draws = check_int("draws", draws, 1)
     tune = check_int("tune", tune, 0)
-    if not (isinstance(method, str) and method in ("pmm", "lmc")):
-        raise ValueError(f"method must be 'pmm' or 'lmc', got {method!r}")
+    check_choice("method", method, ("pmm", "lmc"))
     if method == "lmc":
         if K is not None and K != 1:
             raise ValueError(f"K must be None or 1 with method='lmc', got {K!r}")
@@ -428,18 +286,8 @@ def _check_options(
     step_size, target_accept = check_step_options(
         step_size, adapt_step_size, target_accept, max_energy_error, method
     )
-    if not (precondition is None or (isinstance(precondition, str) and precondition == "diag")):
-        raise ValueError(f"precondition must be 'diag' or None, got {precondition!r}")
-    if not (isinstance(backend, str) and backend in _BACKENDS):
-        raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
-    return (
-        chains,
-        draws,
-        tune,
-        K,
-        step_size,
-        target_accept,
-    )
+    check_choice("backend", backend, tuple(_BACKENDS))
+    return chains, draws, tune, K, step_size, target_accept
 
 
 def _continuous_value_vars(model: Model) -> list[pt.TensorVariable]:
@@ -504,6 +352,17 @@ def _initial_points(
     return x, logp, grad
 
 
+class _Run(NamedTuple):
+    """What :func:`_run` made: the kept draws and stats, and how the run ended."""
+
+    x: np.ndarray  # (n_recorded, C, n)
+    stats: dict[str, np.ndarray]  # each (n_recorded, C)
+    n_recorded: int
+    n_iterations: int  # iterations completed (tuning included)
+    interrupted: bool
+    problems: list[str]  # the warm-up's warnings
+
+
 def sample_chains(
     model: Model | None = None,
     *,
@@ -516,11 +375,13 @@ def sample_chains(
     adapt_step_size: bool = True,
     target_accept: float | None = None,
     max_energy_error: float = 1000.0,
-    precondition: Literal["diag"] | None = "diag",
+    precondition: Literal["auto", "diag", "dense"] | None = "auto",
+    restart_stray_chains: bool = True,
     initvals: dict | None = None,
     jitter: bool = True,
     random_seed: RandomSeed = None,
     discard_tuned_samples: bool = True,
+    compute_convergence_checks: bool = True,
     progress: bool = False,
     cores: int = 1,
     backend: Literal["numba", "c"] = "numba",
@@ -531,9 +392,10 @@ def sample_chains(
     Every drift evaluation of all chains is one compiled call of the model's
     log density and gradient vectorised over a leading chain axis
     (:class:`BatchedLogpGrad`): per draw, one call at the stacked fired
-    midpoints of all chains and one at the ``C`` new points. The update is
-    :func:`pmm_pymc.core.pmm_step` on the batch, the same one
-    :class:`pmm_pymc.PoissonMidpoint` runs per chain.
+    midpoints of all chains and one at the ``C`` new points. Each draw is one
+    :func:`pmm_pymc.mcmc.kernel.transition` of all chains, and the warm-up is
+    :class:`pmm_pymc.mcmc.warmup.Warmup` over the chains: the same transition and
+    warm-up :class:`pmm_pymc.PoissonMidpoint` runs per chain.
 
     Parameters
     ----------
@@ -556,15 +418,22 @@ def sample_chains(
     adapt_step_size : bool, default True
         Dual averaging (PyMC's ``DualAverageAdaptation``) of the *mean over the
         chains* of the would-be MALA acceptance of each move
-        (:func:`pmm_pymc.mcmc.warmup.langevin_log_accept_ratio`).
+        (:func:`pmm_pymc.mcmc.kernel.log_accept_ratio`).
     target_accept : float, optional
         Its target; default :data:`pmm_pymc.mcmc.warmup.DEFAULT_TARGET_ACCEPT`.
     max_energy_error : float, default 1000
         A move whose energy error (minus its log MALA ratio) exceeds this is a
         divergence: rejected, the chain stays put.
-    precondition : {"diag", None}, default "diag"
-        ``"diag"``: ``M^{-1}`` is the posterior variance pooled over all chains,
-        estimated in Stan's windows during tuning. ``None``: ``M = I``.
+    precondition : {"auto", "diag", "dense", None}, default "auto"
+        As for the per-chain steps: ``M^{-1}`` first from the curvature at the
+        start, then from the draws and gradients of all chains in Stan's windows.
+        ``"auto"``: ``"dense"`` up to 200 dimensions, ``"diag"`` above.
+        ``None``: ``M = I``.
+    restart_stray_chains : bool, default True
+        During warm-up, restart a chain whose log density stays far below that of
+        the bulk of the chains (a spurious local mode, a start it cannot leave)
+        from a chain of the bulk (:func:`pmm_pymc.mcmc.warmup.stray_rows`). Turn
+        it off for a posterior with genuine modes of very different density.
     initvals : dict, optional
         Initial values, as for ``pm.sample``; each chain's start is jittered
         by U(-1, 1) in the unconstrained space unless ``jitter=False``.
@@ -575,6 +444,9 @@ def sample_chains(
     discard_tuned_samples : bool, default True
         As for ``pm.sample``: ``False`` adds the warm-up draws and stats as the
         groups ``warmup_posterior`` and ``warmup_sample_stats``.
+    compute_convergence_checks : bool, default True
+        PyMC's checks after sampling (R-hat, ESS, divergences), logged as
+        ``pm.sample`` logs them.
     progress : bool, default False
         A tqdm progress bar.
     cores : int, default 1
@@ -596,31 +468,27 @@ def sample_chains(
         deterministics, dims ``chain``, ``draw`` and the model's), and
         ``sample_stats`` with the stats of the per-chain steps (``step_size``,
         ``n_steps``, ``diverging``, ``energy_error``, ``lp``, and for PMM
-        ``n_midpoints`` and ``lmc_fallback``), plus ``observed_data`` and
-        ``constant_data`` where the model has them.
+        ``n_midpoints`` and ``lmc_fallback``) and ``warmup_restarts`` (dims
+        ``chain``: how often each chain was restarted during warm-up), plus
+        ``observed_data`` and ``constant_data`` where the model has them.
+        On ``KeyboardInterrupt`` the draws made so far, with a warning; the
+        ``sample_stats`` attribute ``interrupted`` says so.
 
     Notes
     -----
-    **Pooled adaptation.** All chains share one step size and one diagonal
-    inverse mass matrix. The chains sample one posterior, so an estimate
-    pooled over ``C`` chains has ``C`` times the samples of a per-chain one:
-    the dual averaging is fed the mean acceptance over the chains (its noise
-    shrinks as ``1/sqrt(C)``) and the variance is estimated from
-    ``C x window`` draws, which makes short warm-ups reliable with many
-    chains. A single step size also keeps the update one set of coefficients
-    for the batch (:class:`pmm_pymc.core.AffineChain` holds scalars). The
-    inverse mass matrix is re-estimated at the end of each of Stan's windows
-    (75-iteration initial buffer, windows of 25, 50, 100, ..., 50-iteration
-    terminal buffer) and the step-size adaptation restarts after each update.
-    While the step size adapts, warm-up moves are Metropolis-adjusted with
-    their MALA acceptance (as :class:`pmm_pymc.PoissonMidpoint` does), so a
-    too-large trial step cannot throw chains out of the typical set; the kept
-    draws are unadjusted. The cost: chains in very different regions (e.g.
-    different modes of different scale) share one step size.
+    **Pooled adaptation.** All chains share one step size and one
+    preconditioner. The chains sample one posterior, so an estimate pooled over
+    ``C`` chains has ``C`` times the samples of a per-chain one: the dual
+    averaging is fed the mean acceptance over the chains (its noise shrinks as
+    ``1/sqrt(C)``) and the preconditioner is estimated from ``C x window``
+    draws, which makes short warm-ups reliable with many chains. One step size
+    also keeps the update one set of coefficients for the batch. The price is
+    that a few chains in a bad region drag the shared step size down for all:
+    hence the stray-chain restarts, measured in ``docs/method.md``.
 
-    **Randomness.** One :class:`numpy.random.Generator` draws the noise of all
-    chains per iteration, so chains are independent, and the draws of chain
-    ``m`` depend on ``C`` (unlike ``pm.sample``'s per-chain generators).
+    **Randomness.** One :class:`numpy.random.Generator` draws the random numbers
+    of all chains per iteration, so chains are independent, and the draws of
+    chain ``m`` depend on ``C`` (unlike ``pm.sample``'s per-chain generators).
     """
     chains, draws, tune, K, step0, target = _check_options(
         chains,
@@ -632,14 +500,15 @@ def sample_chains(
         adapt_step_size,
         target_accept,
         max_energy_error,
-        precondition,
         backend,
     )
+    check_precondition(precondition, 0)
+    restart_stray_chains = check_bool("restart_stray_chains", restart_stray_chains)
+    discard_tuned_samples = check_bool("discard_tuned_samples", discard_tuned_samples)
+    compute_convergence_checks = check_bool(
+        "compute_convergence_checks", compute_convergence_checks
+    )
     cores = check_int("cores", cores, 1)
-    if not isinstance(discard_tuned_samples, bool | np.bool_):
-        raise ValueError(
-            f"discard_tuned_samples must be True or False, got {discard_tuned_samples!r}"
-        )
     model = modelcontext(model)
     value_vars = _continuous_value_vars(model)
     compile_kwargs = dict(compile_kwargs or {})
@@ -653,21 +522,26 @@ def sample_chains(
     try:
         n = logp_grad.n_dim
         x, logp, grad = _initial_points(model, value_vars, logp_grad, chains, initvals, jitter, rng)
+        warmup = Warmup(
+            n,
+            step_size=step0,
+            adapt_step_size=adapt_step_size,
+            target_accept=target,
+            precondition=check_precondition(precondition, n),
+            restart_stray=restart_stray_chains,
+            per_row_step=True,
+        )
+        warmup.reset(tune)
         t_start = time.perf_counter()
         run = _run(
             logp_grad,
-            x,
-            logp,
-            grad,
+            LangevinState(x, logp, grad),
+            warmup,
             rng,
             draws=draws,
             tune=tune,
             K=K,
-            step0=step0 if step0 is not None else initial_step_size(n),
-            adapt_step_size=bool(adapt_step_size),
-            target=target,
             max_energy_error=float(max_energy_error),
-            precondition=precondition,
             keep_tune=not discard_tuned_samples,
             progress=progress,
         )
@@ -675,75 +549,74 @@ def sample_chains(
     finally:
         logp_grad.close()
 
-    n_div = int(run["diverging"][tune if not discard_tuned_samples else 0 :].sum())
-    if n_div:
-        warnings.warn(
-            f"There were {n_div} divergences after tuning (of {chains * draws} draws): "
-            "non-finite or exploding moves that were rejected. Decrease step_size or "
-            "increase target_accept.",
-            UserWarning,
-            stacklevel=2,
-        )
-    stats = {k: v for k, v in run.items() if k != "x"}
+    stats = dict(run.stats)
     if method == "lmc":
         stats.pop("n_midpoints")
         stats.pop("lmc_fallback")
-    return _to_datatree(
-        model,
-        value_vars,
-        point0,
-        run["x"],
-        stats,
-        tune,
-        0 if discard_tuned_samples else tune,
-        sampling_time,
-        mode,
-        compile_kwargs,
+    n_warmup = min(tune, run.n_recorded) if not discard_tuned_samples else 0
+    idata = _to_datatree(
+        model, value_vars, point0, run.x, stats, tune, n_warmup, sampling_time, mode, compile_kwargs
     )
+    restarts = warmup.n_restarts if warmup.n_restarts is not None else np.zeros(chains, int)
+    idata["sample_stats"] = (
+        idata["sample_stats"].to_dataset().assign(warmup_restarts=("chain", restarts))
+    )
+    idata["sample_stats"].attrs["interrupted"] = int(run.interrupted)
+
+    messages = []
+    if run.interrupted:
+        kept = run.n_recorded - n_warmup
+        messages.append(
+            f"sample_chains was interrupted after {run.n_iterations} of {tune + draws} "
+            f"iterations ({min(run.n_iterations, tune)} of {tune} tuning); each of the "
+            f"{chains} chains has {kept} kept draws"
+            + ("" if run.n_iterations > tune else ", all of them from warm-up")
+            + "."
+        )
+    notes = []
+    if restarts.any():
+        late = warmup.late_restarts
+        text = (
+            f"{int((restarts > 0).sum())} of {chains} chains were restarted during warm-up from "
+            "the chains of highest log density, because theirs stayed more than a factor e^10 "
+            f"below ({late} of the restarts after the initial interval: "
+            + (
+                "a spurious local mode, or a genuine mode of much lower density. If the "
+                "posterior has genuine modes of very different density, pass "
+                "restart_stray_chains=False"
+                if late
+                else "chains still on their way from a far start"
+            )
+            + "). Per chain: sample_stats['warmup_restarts']."
+        )
+        (messages if late else notes).append(text)
+    messages += run.problems
+    warns = [SamplerWarning(WarningType.BAD_PARAMS, m, "info") for m in notes]
+    warns += [SamplerWarning(WarningType.BAD_PARAMS, m, "warn") for m in messages]
+    if compute_convergence_checks and run.n_recorded > n_warmup:
+        warns += run_convergence_checks(idata, model)
+    log_warnings(warns)
+    return idata
 
 
 def _run(
     logp_grad: BatchedLogpGrad,
-    x: np.ndarray,
-    logp: np.ndarray,
-    grad: np.ndarray,
+    state: LangevinState,
+    warmup: Warmup,
     rng: np.random.Generator,
     *,
     draws: int,
     tune: int,
     K: int,
-    step0: float,
-    adapt_step_size: bool,
-    target: float,
     max_energy_error: float,
-    precondition: str | None,
     keep_tune: bool,
     progress: bool,
-) -> dict[str, np.ndarray]:
-    """The warm-up and sampling loop; returns the kept draws ``(n_kept, C, n)`` and stats.
-
-    ``n_kept`` is ``draws``, or ``tune + draws`` with ``keep_tune``.
-    """
-    C, n = x.shape
-    inv_mass = np.ones(n) if precondition == "diag" else None
-    noise_sd = None
-    windows = _adaptation_windows(tune) if precondition == "diag" else []
-    window_ends = {end: start for start, end in windows}
-    window_starts = {start for start, _ in windows}
-    pooled: _PooledVariance | None = None
-
-    def new_dual_averaging(initial: float) -> DualAverageAdaptation:
-        # The constants of pymc's NUTS and of pmm_pymc.PoissonMidpoint.
-        return DualAverageAdaptation(initial, target, 0.05, 0.75, 10)
-
-    dual = new_dual_averaging(step0)
-    eta = step0
-    chain = langevin_chain(eta, K)
-    eta_of_chain = eta
-
+) -> _Run:
+    """The loop: transition, warm-up update, record. Stops early, keeping all, on Ctrl-C."""
+    C, n = state.x.shape
     first_kept = 0 if keep_tune else tune
     n_kept = tune + draws - first_kept
-    out_x = np.empty((n_kept, C, n), dtype=x.dtype)
+    out_x = np.empty((n_kept, C, n), dtype=state.x.dtype)
     out = {
         "step_size": np.empty((n_kept, C)),
         "n_steps": np.empty((n_kept, C), dtype=np.int64),
@@ -753,121 +626,72 @@ def _run(
         "model_logp": np.empty((n_kept, C)),
         "lmc_fallback": np.empty((n_kept, C), dtype=bool),
     }
-    midpoint_ok = np.ones(C, dtype=bool)
-    stiffness = np.zeros(C)
-    limit = pmm_stability_limit(K)
-
-    def drift(points: np.ndarray, groups: Any) -> np.ndarray:
-        lp, g = logp_grad(points)
-        members = groups[0][1] if len(groups) == 1 else np.concatenate([i for _, i in groups])
-        finite = np.isfinite(lp) & np.isfinite(g).all(axis=1)
-        midpoint_ok[members[~finite]] = False
-        b = g if inv_mass is None else g * inv_mass
-        # Secant estimate of the local Lipschitz constant of the preconditioned drift between
-        # each chain's start and its fired midpoints, ||M^{1/2} db|| / ||M^{1/2} dx||, as
-        # pmm_pymc.PoissonMidpoint computes it per chain.
-        with np.errstate(all="ignore"):
-            dx = points - x[members]
-            db = b - drift0[members]
-            if inv_mass is not None:
-                num, den = (db * db / inv_mass).sum(axis=1), (dx * dx / inv_mass).sum(axis=1)
-            else:
-                num, den = (db * db).sum(axis=1), (dx * dx).sum(axis=1)
-            ratio = np.sqrt(num / den)
-        ratio = np.where(finite & (den > 0), ratio, 0.0)
-        start = 0
-        for _, idx in groups:  # members are unique within a group: plain fancy indexing
-            stop = start + idx.shape[0]
-            stiffness[idx] = np.maximum(stiffness[idx], ratio[start:stop])
-            start = stop
-        return b
-
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=tune + draws, desc=f"sample_chains ({C} chains)")
-    for it in range(tune + draws):
-        tuning = it < tune
-        eta_used = eta
-        if it in window_starts:
-            pooled = _PooledVariance.empty(n)
-        if eta != eta_of_chain:
-            chain, eta_of_chain = langevin_chain(eta, K), eta
-        drift0 = grad if inv_mass is None else grad * inv_mass
-        mask = np.zeros((K, C), dtype=bool)
-        if K > 1:
-            mask[1:] = rng.random((K - 1, C)) < 1.0 / K
-            fired = fired_from_mask(mask)
-        else:
-            fired = [None]
-        n_mid = mask.sum(axis=0)
-        if K > 1 and C * n >= _GAP_NOISE_MIN_SIZE:
-            noise = _gap_noise(rng, mask, n)
-        else:  # small batches: one call is cheaper than the gap bookkeeping
-            noise = rng.standard_normal((K, C, n))
-        if noise_sd is not None:
-            noise *= noise_sd
-        midpoint_ok[:] = True
-        stiffness[:] = 0.0
-        x_new, info = pmm_step(drift, x, drift0, noise, fired, chain)
-        # Outside PMM's stability region: the frozen-drift endpoint, which is exactly the LMC
-        # step of size eta with the same noise (the per-chain step's fallback).
-        fallback = midpoint_ok & (eta * stiffness > limit)
-        if fallback.any():
-            x_new = np.where(fallback[:, None], info.endpoint, x_new)
-        logp_new, grad_new = logp_grad(x_new)
-        ok = midpoint_ok & np.isfinite(logp_new) & np.isfinite(grad_new).all(axis=1)
-        log_ratio = batched_log_accept_ratio(
-            logp, logp_new, x, x_new, grad, grad_new, eta, inv_mass
-        )
-        energy_error = np.where(ok, -log_ratio, np.inf)
-        ok &= energy_error <= max_energy_error
-        moved = ok
-        adapting = tuning and adapt_step_size
-        if tuning and (adapting or precondition == "diag"):
-            # Warm-up only: Metropolis-adjust with the would-be MALA acceptance.
-            u = rng.random(C)
-            with np.errstate(over="ignore"):
-                moved = ok & ((energy_error <= 0) | (u < np.exp(-energy_error)))
-        if moved.all():  # the usual case after warm-up: no copies
-            x, logp, grad = x_new, logp_new, grad_new
-        else:
-            x = np.where(moved[:, None], x_new, x)
-            logp = np.where(moved, logp_new, logp)
-            grad = np.where(moved[:, None], grad_new, grad)
-
-        if adapting:
-            with np.errstate(over="ignore"):
-                accept = np.where(energy_error > 0, np.exp(-energy_error), 1.0)
-            dual.update(float(accept.mean()), True)
-            eta = float(dual.current(True))
-        if pooled is not None and tuning:
-            pooled.add(x)
-            if it + 1 in window_ends:
-                inv_mass = pooled.regularized()
-                noise_sd = np.sqrt(inv_mass)
-                pooled = None
-                if adapt_step_size:
-                    dual = new_dual_averaging(eta)
-        if it + 1 == tune and adapt_step_size:
-            eta = float(dual.current(False))
-        if it >= first_kept:
-            d = it - first_kept
-            out_x[d] = x
-            out["step_size"][d] = eta_used
-            out["n_steps"][d] = 1 + n_mid
-            out["n_midpoints"][d] = n_mid
-            out["diverging"][d] = ~ok
-            out["energy_error"][d] = energy_error
-            out["model_logp"][d] = logp
-            out["lmc_fallback"][d] = fallback
+    problems: list[str] = []
+    it = 0
+    interrupted = False
+    try:
+        start_evals = warmup.start(state, logp_grad) if tune else 0
+        for it in range(tune + draws):
+            tuning = it < tune
+            params = LangevinParams(
+                warmup.step_size,
+                K,
+                warmup.metric,
+                max_energy_error,
+                adjust=tuning and warmup.adjusts,
+            )
+            state, info = transition(
+                logp_grad, draw(rng, K, C, n, adjust=params.adjust), state, params
+            )
+            spent = start_evals if it == 0 else 0
+            if tuning:
+                state, refresh_evals = warmup.update(state, info, logp_grad)
+                spent += refresh_evals
+                if it + 1 == tune:
+                    problems = warmup.finish()
+            if it >= first_kept:
+                _record(out_x, out, it - first_kept, state, info, params.step_size)
+                out["n_steps"][it - first_kept] += spent
+            if bar is not None:
+                bar.update()
+        it += 1
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
         if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
-    out["x"] = out_x
-    return out
+            bar.close()
+    n_recorded = max(it - first_kept, 0)
+    return _Run(
+        out_x[:n_recorded],
+        {k: v[:n_recorded] for k, v in out.items()},
+        n_recorded,
+        it,
+        interrupted,
+        problems,
+    )
+
+
+def _record(
+    out_x: np.ndarray,
+    out: dict[str, np.ndarray],
+    d: int,
+    state: LangevinState,
+    info: LangevinInfo,
+    step_size: float,
+) -> None:
+    out_x[d] = state.x
+    out["step_size"][d] = step_size  # one for all chains, or one per chain
+    out["n_steps"][d] = info.n_steps
+    out["n_midpoints"][d] = info.n_midpoints
+    out["diverging"][d] = info.diverging
+    out["energy_error"][d] = info.energy_error
+    out["model_logp"][d] = state.logp
+    out["lmc_fallback"][d] = info.fallback
 
 
 def _to_datatree(

@@ -1,10 +1,11 @@
 """PyMC step methods: the Poisson Midpoint Method and Langevin Monte Carlo.
 
-Both steps are thin PyMC adapters around :func:`pmm_pymc.core.pmm_step`:
-:class:`LangevinMC` runs the core with ``langevin_chain(step_size, 1)``
-(one Euler-Maruyama step, nothing can fire) and :class:`PoissonMidpoint` with
-``langevin_chain(step_size, K)`` and midpoints that fire with probability
-``1/K``. Neither holds a copy of the update.
+Both steps are thin PyMC adapters: :meth:`_LangevinStep.astep` runs one
+:func:`pmm_pymc.mcmc.kernel.transition` of a single row (PMM with ``K`` sub-steps, or LMC
+with ``K = 1``), feeds its info to the :class:`pmm_pymc.mcmc.warmup.Warmup` while tuning,
+and turns the info into PyMC sampler stats. Neither holds a copy of the update, the
+transition or the warm-up: :func:`pmm_pymc.mcmc.chains.sample_chains` runs the same ones
+over many rows.
 
 Conventions (``docs/method.md`` has the derivation)::
 
@@ -12,9 +13,10 @@ Conventions (``docs/method.md`` has the derivation)::
     LMC    x'   = x + eta b(x) + sqrt(2 eta) M^{-1/2} xi
 
 Random numbers, per draw and in this order, from the step's
-:class:`numpy.random.Generator`: ``Z = rng.standard_normal((K, 1, d))`` (the
-sub-step noise, scaled to ``M^{-1/2} Z``), then, for ``K > 1``,
-``U = rng.random(K - 1)`` with midpoint ``i`` firing when ``U[i - 1] < 1/K``.
+:class:`numpy.random.Generator` (:func:`pmm_pymc.mcmc.kernel.draw` with ``B = 1``): for
+``K > 1``, ``U = rng.random((K - 1, 1))`` with midpoint ``i`` firing when ``U[i - 1] < 1/K``;
+``Z = rng.standard_normal((K, 1, d))`` (the sub-step noise, scaled to ``M^{-1/2} Z``); while
+tuning with something adapting, one uniform for the warm-up's Metropolis adjustment.
 """
 
 from __future__ import annotations
@@ -30,52 +32,43 @@ from pymc.stats.convergence import SamplerWarning, WarningType
 from pymc.step_methods.arraystep import GradientSharedStep
 from pymc.step_methods.compound import Competence, StepMethodState
 from pymc.step_methods.state import dataclass_state
-from pymc.step_methods.step_sizes import DualAverageAdaptation, StepSizeState
 from pymc.util import RandomGenerator, get_value_vars_from_user_vars
 from pymc.vartypes import discrete_types
 
-from pmm_pymc.core import AffineChain, langevin_chain, pmm_step
+from pmm_pymc._validate import check_int
+from pmm_pymc.mcmc.kernel import LangevinInfo, LangevinParams, LangevinState, draw, transition
 from pmm_pymc.mcmc.warmup import (
-    MassMatrixAdaptation,
-    MassMatrixState,
+    DENSE_MAX_DIM,
+    Warmup,
+    WarmupState,
+    check_precondition,
     check_step_options,
-    initial_step_size,
-    langevin_log_accept_ratio,
-    pmm_stability_limit,
 )
 
-__all__ = ["DENSE_MAX_DIM", "LangevinMC", "LangevinState", "PoissonMidpoint"]
+__all__ = ["DENSE_MAX_DIM", "LangevinMC", "LangevinStepState", "PoissonMidpoint"]
 
-_FIRST_MEMBER = np.zeros(1, dtype=np.intp)  # the batch index of the single chain (B = 1)
-_KINDS = ("auto", "diag", "dense")
-DENSE_MAX_DIM = 200
-"""``precondition="auto"`` is ``"dense"`` up to this many dimensions and ``"diag"`` above."""
 _DEFAULT_TUNE = 1000  # pm.sample's default, for the windows until setup_chain gives the real one
 
 
 @dataclass_state
-class LangevinState(StepMethodState):
+class LangevinStepState(StepMethodState):
     """The per-chain state of a Langevin step, as PyMC saves and restores it."""
 
-    step_size: float
-    adapt_step_size: bool
     tune: bool
     iter_count: int
-    step_adapt: StepSizeState
-    mass_adapt: MassMatrixState | None
-    n_tune: int
+    warmup: WarmupState
 
 
 class _LangevinStep(GradientSharedStep):
     """Shared machinery of :class:`LangevinMC` and :class:`PoissonMidpoint`.
 
-    Subclasses set ``name`` and ``_K``; the update itself is
-    :func:`pmm_pymc.core.pmm_step`.
+    Subclasses set ``name`` and ``_K``; the transition is
+    :func:`pmm_pymc.mcmc.kernel.transition` and the warm-up :class:`pmm_pymc.mcmc.warmup.Warmup`.
     """
 
     name: ClassVar[str]
     default_blocked = True
-    _state_class = LangevinState
+    _state_class = LangevinStepState
     _K: int = 1
     _reports_midpoints: ClassVar[bool] = False
 
@@ -108,10 +101,7 @@ class _LangevinStep(GradientSharedStep):
         step_size, target_accept = check_step_options(
             step_size, adapt_step_size, target_accept, max_energy_error, self.name
         )
-        if not (precondition is None or (isinstance(precondition, str) and precondition in _KINDS)):
-            raise ValueError(
-                f"precondition must be 'auto', 'diag', 'dense' or None, got {precondition!r}"
-            )
+        check_precondition(precondition, 0)
 
         self._model = modelcontext(model)
         if vars is None:
@@ -152,25 +142,26 @@ class _LangevinStep(GradientSharedStep):
             value = np.asarray(initial_point[v.name])
             self._layout.append((v.name, value.shape, start, start + value.size, value.dtype))
             start += value.size
-        x0 = np.concatenate([np.ravel(initial_point[v.name]) for v in vars]).astype(self._dtype)
-        self._n_dim = x0.size
-        if precondition == "auto":
-            precondition = "dense" if self._n_dim <= DENSE_MAX_DIM else "diag"
-        self._fixed_step_size = None if step_size is None else float(step_size)
+        self._n_dim = start
+        self.precondition = check_precondition(precondition, self._n_dim)
         self.adapt_step_size = bool(adapt_step_size)
         self.target_accept = float(target_accept)
         self.max_energy_error = float(max_energy_error)
-        self._adjusted_warmup = self.adapt_step_size or precondition is not None
-        self._stability_limit = pmm_stability_limit(self._K)
-        self.precondition = precondition
-        first = self._fixed_step_size or initial_step_size(self._n_dim)
-        self.step_adapt = self._dual_averaging(first)
-        self.mass_adapt: MassMatrixAdaptation | None = None
-        if precondition is not None:
-            self.mass_adapt = MassMatrixAdaptation(self._n_dim, precondition, self._dtype)
+        self.warmup = Warmup(
+            self._n_dim,
+            step_size=step_size,
+            adapt_step_size=self.adapt_step_size,
+            target_accept=self.target_accept,
+            precondition=self.precondition,
+        )
         self.n_tune = _DEFAULT_TUNE
         self.tune = True
         self.reset_tuning()
+
+    @property
+    def step_size(self) -> float:
+        """The step size of the next draw (adapting while tuning, frozen after)."""
+        return self.warmup.step_size
 
     # --- PyMC protocol -------------------------------------------------------------------------
 
@@ -182,14 +173,10 @@ class _LangevinStep(GradientSharedStep):
         return Competence.INCOMPATIBLE
 
     def reset_tuning(self, start: PointType | None = None) -> None:
-        """Restart the step-size and preconditioner adaptation and forget the cached point."""
-        self.step_adapt = self._dual_averaging(
-            self._fixed_step_size or initial_step_size(self._n_dim)
-        )
-        if self.mass_adapt is not None:
-            self.mass_adapt.reset(self.n_tune)
-        self.step_size = self._fixed_step_size or float(self.step_adapt.current(True))
+        """Restart the warm-up and forget the cached point."""
+        self.warmup.reset(self.n_tune)
         self.iter_count = 0
+        self._pending_warnings: list[str] = []
         self._invalidate_cache()
 
     def setup_chain(self, rng: RandomGenerator, tune: int, draws: int) -> None:
@@ -207,8 +194,7 @@ class _LangevinStep(GradientSharedStep):
     def stop_tuning(self) -> None:
         """Freeze the step size at its dual-averaged value and the preconditioner."""
         self.tune = False
-        if self.adapt_step_size:
-            self.step_size = float(self.step_adapt.current(False))
+        self._pending_warnings = self.warmup.finish()
 
     def step(self, point: PointType) -> tuple[PointType, StatsType]:
         """One draw: map the point to the raveled space (reusing the cache) and back."""
@@ -237,7 +223,7 @@ class _LangevinStep(GradientSharedStep):
         return out, stats
 
     def astep(self, q0: RaveledVars | np.ndarray) -> tuple[np.ndarray, StatsType]:
-        """One PMM block from the raveled point ``q0`` (a cached point is reused)."""
+        """One transition from the raveled point ``q0``: transition, warm-up update, stats."""
         x = q0.data if isinstance(q0, RaveledVars) else q0
         n_steps = 0
         if self._x is None or (x is not self._x and not np.array_equal(x, self._x)):
@@ -246,138 +232,74 @@ class _LangevinStep(GradientSharedStep):
             if not (np.isfinite(logp) and np.all(np.isfinite(grad))):
                 raise SamplingError(self._bad_point_message(x, logp, grad))
             self._x, self._logp, self._grad = x, float(logp), grad
-        x, logp, grad = self._x, self._logp, self._grad
+        state = LangevinState(self._x[None], np.array([self._logp]), self._grad[None])
+        warmup = self.warmup
+        if self.tune and not warmup.started:
+            n_steps += warmup.start(state, self._logp_grad_rows)
+        params = LangevinParams(
+            warmup.step_size,
+            self._K,
+            warmup.metric,
+            self.max_energy_error,
+            adjust=self.tune and warmup.adjusts,
+        )
+        draws = draw(self.rng, self._K, 1, self._n_dim, adjust=params.adjust, gap=False)
+        state, info = transition(self._logp_grad_rows, draws, state, params)
+        if self.tune:
+            state, spent = warmup.update(state, info, self._logp_grad_rows)
+            n_steps += spent
+        if info.moved[0]:
+            self._x, self._logp, self._grad = state.x[0], float(state.logp[0]), state.grad[0]
+        self.iter_count += 1
+        return self._x, [self._stats(params.step_size, n_steps + int(info.n_steps[0]), info)]
 
-        eta = self.step_size
-        if self._chain is None or self._chain_eta != eta:
-            self._chain, self._chain_eta = langevin_chain(eta, self._K), eta
-        K = self._K
-        mass = self.mass_adapt
-        inv_mass = None if mass is None else mass.inv_mass
-        drift0 = grad if mass is None else mass.drift(grad)
+    # --- internals -----------------------------------------------------------------------------
 
-        noise = self.rng.standard_normal((K, 1, self._n_dim))
-        if mass is not None:
-            noise = mass.scale_noise(noise)
-        fired: list[np.ndarray | None] = [None] * K
-        if K > 1:
-            for i in np.flatnonzero(self.rng.random(K - 1) < 1.0 / K):
-                fired[i + 1] = _FIRST_MEMBER
-        self._midpoint_ok = True
-        self._stiffness = 0.0
-        self._start, self._start_drift = x, drift0
-        x_new, info = pmm_step(self._drift, x[None], drift0[None], noise, fired, self._chain)
-        n_steps += info.n_evals
-        x_new = x_new[0]
-        n_fallback = 0
-        if self._midpoint_ok and eta * self._stiffness > self._stability_limit:
-            # Outside PMM's stability region: take the frozen-drift endpoint, which is exactly
-            # the LMC step of size eta with the same noise (stable up to eta L < 2).
-            x_new = info.endpoint[0]
-            n_fallback = 1
-
-        ok = self._midpoint_ok
-        if ok:
-            logp_new, grad_new = self._fn(x_new)
-            n_steps += 1
-            ok = bool(np.isfinite(logp_new) and np.all(np.isfinite(grad_new)))
-
-        energy_error = np.inf
-        moved = True
-        if ok:
-            with np.errstate(over="ignore", invalid="ignore"):
-                energy_error = -langevin_log_accept_ratio(
-                    logp, float(logp_new), x, x_new, grad, grad_new, eta, inv_mass
-                )
-            if energy_error > self.max_energy_error:
-                ok = False
-                why = f"an energy error of {energy_error:.4g} > max_energy_error"
-        elif not self._midpoint_ok:
-            why = "a non-finite log density or gradient at a fired midpoint"
-        else:
-            why = "a non-finite log density or gradient at the proposed point"
+    def _stats(self, step_size: float, n_steps: int, info: LangevinInfo) -> dict[str, Any]:
+        """The draw's sampler stats from the transition's info."""
+        diverging = bool(info.diverging[0])
         warning = None
-        if ok and self.tune and self._adjusted_warmup:
-            # Warm-up only: Metropolis-adjust with the would-be MALA acceptance, so that a step
-            # size too large while dual averaging explores cannot throw the chain out of the
-            # typical set (warm-up draws are discarded; sampling is unadjusted).
-            if energy_error > 0 and self.rng.random() >= np.exp(-energy_error):
-                moved = False
-        if ok and moved:
-            self._x, self._logp, self._grad = x_new, float(logp_new), grad_new
-        elif not ok:
+        if diverging:
+            if not info.midpoint_finite[0]:
+                why = "a non-finite log density or gradient at a fired midpoint"
+            elif not info.proposal_finite[0]:
+                why = "a non-finite log density or gradient at the proposed point"
+            else:
+                why = f"an energy error of {info.energy_error[0]:.4g} > max_energy_error"
             kind = WarningType.TUNING_DIVERGENCE if self.tune else WarningType.DIVERGENCE
             warning = SamplerWarning(
                 kind,
-                f"Divergence: {why} (step_size={eta:.4g}); the draw was rejected and the "
+                f"Divergence: {why} (step_size={step_size:.4g}); the draw was rejected and the "
                 "chain stays at its current point.",
                 "debug",
-                self.iter_count,
+                self.iter_count - 1,
             )
-        adapting = self.tune and self.adapt_step_size
-        if adapting:
-            accept = float(np.exp(-energy_error)) if energy_error > 0 else 1.0
-            self.step_adapt.update(accept, True)
-            self.step_size = float(self.step_adapt.current(True))
-        if (
-            self.tune
-            and mass is not None
-            and mass.update(self._x, self._grad)
-            and self.adapt_step_size
-        ):
-            # New preconditioner: the step size learnt for the old one is stale; restart dual
-            # averaging from it (Stan's windowed adaptation does the same).
-            self.step_adapt = self._dual_averaging(self.step_size)
-            self.step_size = float(self.step_adapt.current(True))
-        self.iter_count += 1
-
+        elif self._pending_warnings:
+            message = " ".join(self._pending_warnings)
+            warning = SamplerWarning(WarningType.BAD_PARAMS, f"{self.name}: {message}", "warn")
+            self._pending_warnings = []
         stats: dict[str, Any] = {
-            "step_size": eta,
+            "step_size": step_size,
             "n_steps": n_steps,
-            "diverging": not ok,
-            "energy_error": energy_error,
+            "diverging": diverging,
+            "energy_error": float(info.energy_error[0]),
             "model_logp": self._logp,
             "tune": self.tune,
             "warning": warning,
         }
         if self._reports_midpoints:
-            stats["n_midpoints"] = info.n_evals
-            stats["lmc_fallback"] = bool(n_fallback)
-        return self._x, [stats]
+            stats["n_midpoints"] = int(info.n_midpoints[0])
+            stats["lmc_fallback"] = bool(info.fallback[0])
+        return stats
 
-    # --- internals -----------------------------------------------------------------------------
-
-    def _dual_averaging(self, initial_step: float) -> DualAverageAdaptation:
-        """PyMC's NUTS step-size adaptation (same constants), started at ``initial_step``."""
-        return DualAverageAdaptation(initial_step, self.target_accept, 0.05, 0.75, 10)
-
-    def _drift(self, points: np.ndarray, groups: Any) -> np.ndarray:
-        """``M^{-1} grad logp`` at each fired midpoint (rows of ``points``)."""
-        out = np.empty_like(points)
-        for r in range(points.shape[0]):
-            logp, grad = self._fn(points[r])
-            out[r] = grad
-            if not np.isfinite(logp):
-                self._midpoint_ok = False
-        if not np.all(np.isfinite(out)):
-            self._midpoint_ok = False
-            return out
-        mass = self.mass_adapt
-        if mass is not None:
-            out = mass.drift(out)
-        # Secant estimate of the local Lipschitz constant of the (preconditioned) drift
-        # between the start and each fired midpoint: ||M^{1/2} db|| / ||M^{1/2} dx||.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for r in range(points.shape[0]):
-                dx = points[r] - self._start
-                db = out[r] - self._start_drift
-                if mass is None:
-                    num, den = np.dot(db, db), np.dot(dx, dx)
-                else:
-                    num, den = mass.mass_norm_sq(db), mass.mass_norm_sq(dx)
-                if den > 0:
-                    self._stiffness = max(self._stiffness, float(np.sqrt(num / den)))
-        return out
+    def _logp_grad_rows(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The compiled log density and gradient at each row of ``points``."""
+        n = points.shape[0]
+        logp, grad = np.empty(n), np.empty((n, self._n_dim), dtype=self._dtype)
+        for r in range(n):
+            lp, g = self._fn(np.ascontiguousarray(points[r], dtype=self._dtype))
+            logp[r], grad[r] = lp, g
+        return logp, grad
 
     def _incoming_x(self, point: PointType) -> np.ndarray:
         """The raveled point; the cached array itself when the point is what we returned."""
@@ -398,8 +320,6 @@ class _LangevinStep(GradientSharedStep):
         self._grad: np.ndarray | None = None
         self._returned: dict[str, np.ndarray] | None = None
         self._shared_values: dict[str, np.ndarray] | None = None
-        self._chain: AffineChain | None = None
-        self._chain_eta = np.nan
 
     def _bad_point_message(self, x: np.ndarray, logp: Any, grad: np.ndarray) -> str:
         names = []
@@ -426,8 +346,8 @@ class LangevinMC(_LangevinStep):
     r"""Unadjusted Langevin Monte Carlo (LMC, also called ULA).
 
     ``x' = x + eta M^{-1} grad logp(x) + sqrt(2 eta) M^{-1/2} xi``, one gradient
-    evaluation per draw. Runs :func:`pmm_pymc.core.pmm_step` with
-    ``langevin_chain(step_size, 1)``; nothing fires.
+    evaluation per draw: :func:`pmm_pymc.mcmc.kernel.transition` with ``K = 1``
+    (:func:`pmm_pymc.core.pmm_step` with ``langevin_chain(step_size, 1)``; nothing fires).
 
     Parameters
     ----------
@@ -438,16 +358,20 @@ class LangevinMC(_LangevinStep):
         ``adapt_step_size=True`` is the starting value of the adaptation.
     adapt_step_size : bool, default True
         Dual averaging of the would-be MALA acceptance
-        (:func:`pmm_pymc.mcmc.warmup.langevin_log_accept_ratio`) during tuning.
+        (:func:`pmm_pymc.mcmc.kernel.log_accept_ratio`) during tuning.
     target_accept : float, optional
         Its target; default :data:`pmm_pymc.mcmc.warmup.DEFAULT_TARGET_ACCEPT`.
+    max_energy_error : float, default 1000
+        A move whose energy error (minus its log would-be MALA ratio) is larger is a
+        divergence: rejected, the chain stays put.
     precondition : {"auto", "dense", "diag", None}, default "auto"
-        ``"dense"``: ``M^{-1}`` is a full matrix estimated during tuning from the
-        draws and their gradients, in Stan's windows, with the step-size adaptation
-        restarted after each update (:class:`pmm_pymc.mcmc.warmup.MassMatrixAdaptation`).
-        ``"diag"``: its diagonal version, ``O(d)`` per draw instead of ``O(d^2)``.
-        ``"auto"``: ``"dense"`` up to :data:`DENSE_MAX_DIM` dimensions, ``"diag"``
-        above. ``None``: ``M = I``. The resolved kind is the attribute ``precondition``.
+        ``"dense"``: ``M^{-1}`` is a full matrix, first from the curvature at the start, then
+        estimated during tuning from the draws and their gradients in Stan's windows, with
+        the step-size adaptation restarted after each update
+        (:class:`pmm_pymc.mcmc.warmup.Warmup`). ``"diag"``: its diagonal version, ``O(d)``
+        per draw instead of ``O(d^2)``. ``"auto"``: ``"dense"`` up to :data:`DENSE_MAX_DIM`
+        dimensions, ``"diag"`` above. ``None``: ``M = I``. The resolved kind is the
+        attribute ``precondition``.
     model, blocked, rng, initial_point, compile_kwargs
         As for every PyMC gradient-based step (see :class:`pymc.NUTS`).
 
@@ -497,9 +421,7 @@ class PoissonMidpoint(_LangevinStep):
     }
 
     def __init__(self, vars: Sequence[Any] | None = None, *, K: int = 4, **kwargs: Any) -> None:
-        if isinstance(K, bool) or not isinstance(K, int | np.integer) or K < 1:
-            raise ValueError(f"K must be an integer >= 1, got {K!r}")
-        self._K = int(K)
+        self._K = check_int("K", K, 1)
         super().__init__(vars, **kwargs)
 
     @property

@@ -1,45 +1,92 @@
-"""Step-size adaptation for unadjusted Langevin steps.
+"""The one warm-up of the Langevin samplers: windows, step size and preconditioner.
 
-An unadjusted sampler accepts every move, so it has no acceptance rate to
-tune towards. What it does have, at no extra gradient cost, is the log density
-and its gradient at both ends of every move. From those this module computes
-the Metropolis-adjusted Langevin (MALA) acceptance probability the move
-``x -> x'`` *would* have had as a Langevin proposal of size ``eta`` with
-inverse mass ``M^{-1}``:
+:class:`Warmup` is used by both samplers: the PyMC step methods
+(:mod:`pmm_pymc.mcmc.steps`, one row per chain) and
+:func:`pmm_pymc.mcmc.chains.sample_chains` (one row per chain of the batch). As
+BlackJAX's window adaptation and PyMC's step-size and potential objects, it has three
+parts: :meth:`Warmup.start` (before the first tuning transition), :meth:`Warmup.update`
+(after every tuning transition, from its :class:`~pmm_pymc.mcmc.kernel.LangevinInfo`) and
+:meth:`Warmup.finish` (when tuning ends). What it holds is PyMC sampling state
+(:class:`WarmupState`), so a step method saves and restores it as PyMC expects.
 
-.. math::
+The schedule (``docs/method.md`` has the reasons and the measurements):
 
-    \\alpha = \\min\\Big(1, \\frac{\\pi(x')\\, q(x \\mid x')}{\\pi(x)\\, q(x' \\mid x)}\\Big),
-    \\qquad q(y \\mid x) = N\\big(y;\\, x + \\eta M^{-1}\\nabla\\log\\pi(x),\\, 2\\eta M^{-1}\\big).
-
-The statistic is computed and never applied: the chain stays unadjusted. Its
-average is fed to PyMC's dual averaging
-(:class:`pymc.step_methods.step_sizes.DualAverageAdaptation`) exactly as NUTS
-feeds its mean tree acceptance. ``1 - alpha`` measures how badly the move
-violates detailed balance, which is the local discretization error the step
-size controls; a move that leaves the typical set (the start of an
-instability) scores near 0 and shrinks the step. See ``docs/method.md`` for the
-choice of targets and its caveat.
+* **Scale first.** :meth:`Warmup.start` sets the first preconditioner from the curvature
+  at the start (:func:`curvature_metric`: a finite-difference Hessian of the compiled
+  gradient, ``2 d`` gradient evaluations per row, made positive definite by taking the
+  absolute values of its eigenvalues), so that a posterior with scales 1e-5 and 1e3 or a
+  correlation of -0.99999 is well conditioned before the step size starts adapting.
+* **Stan's windows** (:func:`adaptation_windows`): at the end of each slow window the
+  preconditioner is re-estimated from that window's draws and gradients
+  (:func:`fisher_estimate`, diagonal or dense, pooled over the rows with Chan's merge), and
+  the step-size adaptation restarts.
+* **Step size**: PyMC's :class:`~pymc.step_methods.step_sizes.DualAverageAdaptation` of
+  the mean over the rows of the would-be MALA acceptance; the dual-averaged step of the
+  terminal interval is frozen when tuning ends.
+* **Stray rows** (many chains only, ``restart_stray=True``): at the end of the initial
+  interval and of each slow window, a row whose recent log density lies far below the bulk
+  of the rows is restarted from a row in the bulk (:func:`stray_rows`).
+* **Checks**: :meth:`Warmup.finish` says when the step size ended orders of magnitude
+  below its start, or the would-be acceptance is near zero on some rows.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 from pymc.step_methods.state import DataClassState, WithSamplingState, dataclass_state
+from pymc.step_methods.step_sizes import DualAverageAdaptation, StepSizeState
+
+from pmm_pymc._validate import check_bool, check_real
+from pmm_pymc.mcmc.kernel import LangevinInfo, LangevinState, LogpGrad, Metric
 
 __all__ = [
+    "CURVATURE_MAX_DIM",
     "DEFAULT_TARGET_ACCEPT",
-    "check_step_options",
-    "MassMatrixAdaptation",
-    "MassMatrixState",
+    "DENSE_MAX_DIM",
+    "PRECONDITION_KINDS",
+    "Warmup",
+    "WarmupState",
     "adaptation_windows",
+    "check_precondition",
+    "check_step_options",
+    "curvature_metric",
+    "curvature_refreshes",
+    "fisher_estimate",
     "initial_step_size",
-    "pmm_stability_limit",
-    "langevin_log_accept_ratio",
+    "stray_rows",
 ]
 
 DEFAULT_TARGET_ACCEPT: dict[str, float] = {"lmc": 0.9, "pmm": 0.9}
-"""Default dual-averaging targets of the would-be MALA acceptance, per step method."""
+"""Default dual-averaging targets of the would-be MALA acceptance, per method."""
+
+DENSE_MAX_DIM = 200
+"""``precondition="auto"`` is ``"dense"`` up to this many dimensions and ``"diag"`` above."""
+
+CURVATURE_MAX_DIM = 1000
+"""Above this many dimensions the first preconditioner is the identity, not the curvature."""
+
+PRECONDITION_KINDS = ("auto", "diag", "dense")
+
+COLLAPSE_FACTOR = 1e-2
+""":meth:`Warmup.finish` warns when the final step is below this times the first one."""
+
+STUCK_ACCEPT = 0.05
+""":meth:`Warmup.finish` warns about rows whose recent would-be acceptance is below this."""
+
+MIN_ROWS_FOR_RESTART = 8
+"""Stray rows are looked for only with at least this many rows (a bulk to compare with)."""
+
+_TRACE_RATE = 0.05  # exponential moving average of each row's log density and acceptance
+_CURVATURE_ROWS = 4  # rows at which the starting curvature is measured
+_JITTER = 1e-3  # Stan's regulariser, relative to the current preconditioner
+
+
+# ------------------------------------------------------------------------------------------------
+# Options
+# ------------------------------------------------------------------------------------------------
 
 
 def check_step_options(
@@ -68,14 +115,9 @@ def check_step_options(
     ValueError
         Naming the option and the bad value.
     """
-    if step_size is not None and (
-        isinstance(step_size, bool)
-        or not isinstance(step_size, int | float | np.number)
-        or not (np.isfinite(step_size) and step_size > 0)
-    ):
-        raise ValueError(f"step_size must be a finite number > 0 or None, got {step_size!r}")
-    if not isinstance(adapt_step_size, bool | np.bool_):
-        raise ValueError(f"adapt_step_size must be True or False, got {adapt_step_size!r}")
+    if step_size is not None:
+        step_size = check_real("step_size", step_size, gt=0)
+    adapt_step_size = check_bool("adapt_step_size", adapt_step_size)
     if step_size is None and not adapt_step_size:
         raise ValueError(
             "step_size=None needs adapt_step_size=True (nothing would set the step size); "
@@ -83,15 +125,34 @@ def check_step_options(
         )
     if target_accept is None:
         target_accept = DEFAULT_TARGET_ACCEPT[method]
-    if isinstance(target_accept, bool) or not (
-        isinstance(target_accept, int | float) and 0 < target_accept < 1
+    target_accept = check_real("target_accept", target_accept, gt=0, lt=1)
+    check_real("max_energy_error", max_energy_error, gt=0)
+    return step_size, target_accept
+
+
+def check_precondition(precondition: object, n_dim: int) -> str | None:
+    """The resolved preconditioner kind: ``"auto"`` becomes ``"dense"`` or ``"diag"``.
+
+    Parameters
+    ----------
+    precondition : {"auto", "diag", "dense", None}
+    n_dim : int
+        Number of (raveled) dimensions.
+
+    Returns
+    -------
+    {"diag", "dense", None}
+    """
+    if not (
+        precondition is None
+        or (isinstance(precondition, str) and precondition in PRECONDITION_KINDS)
     ):
-        raise ValueError(f"target_accept must be a number in (0, 1), got {target_accept!r}")
-    if isinstance(max_energy_error, bool) or not (
-        isinstance(max_energy_error, int | float) and max_energy_error > 0
-    ):
-        raise ValueError(f"max_energy_error must be a number > 0, got {max_energy_error!r}")
-    return (None if step_size is None else float(step_size)), float(target_accept)
+        raise ValueError(
+            f"precondition must be 'auto', 'diag', 'dense' or None, got {precondition!r}"
+        )
+    if precondition == "auto":
+        return "dense" if n_dim <= DENSE_MAX_DIM else "diag"
+    return precondition
 
 
 def initial_step_size(n_dim: int) -> float:
@@ -112,91 +173,9 @@ def initial_step_size(n_dim: int) -> float:
     return 0.25 * float(max(n_dim, 1)) ** (-1.0 / 3.0)
 
 
-def langevin_log_accept_ratio(
-    logp: float,
-    logp_new: float,
-    x: np.ndarray,
-    x_new: np.ndarray,
-    grad: np.ndarray,
-    grad_new: np.ndarray,
-    step_size: float,
-    inv_mass: np.ndarray | None = None,
-) -> float:
-    """Log MALA acceptance ratio of the move ``x -> x_new``, computed and not applied.
-
-    MALA is HMC with one leapfrog step of size ``sqrt(2 eta)``, and this ratio is minus
-    that step's energy error; the acceptance probability is ``min(1, exp(ratio))``.
-    With ``b = M^{-1} g`` and ``delta = x' - x`` the two Gaussian proposal densities
-    combine into one inner product (``||v||_M^2 = v^T M v``)::
-
-        ||x - x' - eta b'||_M^2 - ||x' - x - eta b||_M^2 = eta (2 delta + eta (b' - b))^T (g + g')
-
-    so no division by ``M^{-1}`` is needed.
-
-    Parameters
-    ----------
-    logp, logp_new : float
-        ``log pi`` at ``x`` and at ``x_new``.
-    x, x_new : numpy.ndarray, shape (d,)
-        The start and the end of the move.
-    grad, grad_new : numpy.ndarray, shape (d,)
-        ``grad log pi`` at ``x`` and at ``x_new`` (not preconditioned).
-    step_size : float
-        ``eta``, with the convention ``x' = x + eta b(x) + sqrt(2 eta) M^{-1/2} xi``.
-    inv_mass : numpy.ndarray, shape (d,) or (d, d), optional
-        The diagonal of ``M^{-1}``, or the whole (symmetric) matrix; identity when omitted.
-
-    Returns
-    -------
-    float
-        ``log pi(x') + log q(x | x') - log pi(x) - log q(x' | x)``; ``-inf`` when
-        it is not finite (an overflowing move counts as a certain rejection).
-    """
-    diff = grad_new - grad
-    if inv_mass is not None:
-        diff = inv_mass @ diff if inv_mass.ndim == 2 else inv_mass * diff
-    diff *= step_size
-    diff += 2.0 * (x_new - x)
-    log_ratio = logp_new - logp - 0.25 * float(np.dot(diff, grad + grad_new))
-    if not np.isfinite(log_ratio):
-        return -np.inf
-    return float(log_ratio)
-
-
-def pmm_stability_limit(K: int) -> float:
-    """The largest ``eta L`` at which PMM(eta, K) is mean-square stable on a Gaussian.
-
-    On the drift ``b(x) = -L x`` one PMM block is ``x' = A x + B`` with
-    ``A = 1 - h + h^2 S``, ``h = eta L`` and ``S = sum_{fired i} i/K`` (the midpoints
-    ``H_i ~ Bernoulli(1/K)`` independent). The second moment contracts iff
-    ``E[A^2] < 1``; this returns the root of ``E[A^2] = 1`` in ``h``. It is 2 for
-    ``K <= 2`` (LMC's limit) and shrinks with ``K``: 1.52 for ``K = 4``, 1.35 for
-    ``K = 8``, towards about 1.2.
-
-    Parameters
-    ----------
-    K : int
-        Number of sub-steps.
-
-    Returns
-    -------
-    float
-    """
-    p = 1.0 / K
-    i_over_k = np.arange(1, K) / K
-    mean_s = p * i_over_k.sum()
-    second_s = p * (1 - p) * np.sum(i_over_k**2) + mean_s**2
-
-    def excess(h: float) -> float:  # E[A^2] - 1
-        return (1 - h) ** 2 + 2 * (1 - h) * h**2 * mean_s + h**4 * second_s - 1.0
-
-    lo, hi = 1e-6, 2.0
-    if excess(hi) <= 0:
-        return 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if excess(mid) < 0 else (lo, mid)
-    return float(lo)
+# ------------------------------------------------------------------------------------------------
+# Windows and estimates
+# ------------------------------------------------------------------------------------------------
 
 
 def adaptation_windows(n_tune: int) -> list[tuple[int, int]]:
@@ -208,7 +187,7 @@ def adaptation_windows(n_tune: int) -> list[tuple[int, int]]:
     preconditioner (the last one stretched to the end), then a terminal fast interval of
     50 draws in which the step size adapts to the final preconditioner. Below 150 tuning
     draws the intervals are 15 % / 75 % / 10 % of ``n_tune``, as in Stan. Below 20 the
-    list is empty: the preconditioner stays at the identity.
+    list is empty: the preconditioner stays where :meth:`Warmup.start` put it.
 
     Parameters
     ----------
@@ -239,190 +218,33 @@ def adaptation_windows(n_tune: int) -> list[tuple[int, int]]:
     return ends
 
 
-@dataclass_state
-class MassMatrixState(DataClassState):
-    """The state of :class:`MassMatrixAdaptation`, as PyMC saves and restores it."""
-
-    inv_mass: np.ndarray
-    windows: list[tuple[int, int]]
-    n_seen: int
-    n_window: int
-    mean_x: np.ndarray
-    m2_x: np.ndarray
-    mean_g: np.ndarray
-    m2_g: np.ndarray
+_windows = functools.lru_cache(maxsize=16)(adaptation_windows)
 
 
-class MassMatrixAdaptation(WithSamplingState):
-    """A diagonal or dense preconditioner ``M^{-1}`` from draws and gradients, in Stan's windows.
+@functools.lru_cache(maxsize=16)
+def curvature_refreshes(n_tune: int) -> frozenset[int]:
+    """After which tuning draws the curvature is measured again: thirds of the initial interval.
 
-    During each slow window of :func:`adaptation_windows` the tuning draws ``x`` and their
-    gradients ``g = grad log pi(x)`` are accumulated (Welford). At the end of the window
-    ``M^{-1}`` becomes the estimate that minimises the Fisher divergence between the target
-    and a Gaussian approximation, the estimator of nutpie's mass-matrix adaptation
-    (Seyboldt, Carlson & Carpenter; ``docs/method.md``): with ``S_x = Cov(x)`` and
-    ``S_g = Cov(g)``,
-
-    * ``"diag"``: ``M^{-1}_ii = sqrt(S_x,ii / S_g,ii)``;
-    * ``"dense"``: ``M^{-1} = S_x # S_g^{-1}``, the matrix geometric mean
-      ``A^{1/2} (A^{-1/2} B A^{-1/2})^{1/2} A^{1/2}`` of ``A = S_x`` and ``B = S_g^{-1}``.
-
-    On a Gaussian target ``N(mu, Sigma)`` both ``S_x`` and ``S_g^{-1}`` equal ``Sigma`` at
-    stationarity, so the estimate is the covariance. The reason to use the gradients is the
-    transient: a chain that has so far explored only a narrow slice of the posterior (a
-    ridge it is still crawling along) has a tiny ``S_x`` but an equally tiny ``S_g = H S_x
-    H`` (``H`` the local Hessian), and ``S_x # S_g^{-1} = H^{-1}`` whatever ``S_x`` is: the
-    estimate is the local inverse curvature, not the width of what the chain has seen. The
-    sample variance alone (Stan's and PyMC's estimate) can only grow as fast as the chain
-    explores, which for an unadjusted Langevin chain on a ridge of condition number
-    ``kappa`` takes ``O(kappa)`` draws per window.
-
-    The estimate is regularised as Stan does, by shrinking towards ``1e-3`` with weight
-    ``5 / (n + 5)`` (``"dense"``: in the coordinates standardised by the diagonal
-    estimate, towards the diagonal estimate). Each window learns only from its own
-    draws, never from the transient before it; the caller restarts its step-size
-    adaptation whenever :meth:`update` returns True.
+    A far start sees a curvature that has little to do with the posterior's (a scale
+    parameter whose gradient is dominated by huge residuals there). Measuring it again at
+    the rows' current places after a third and two thirds of the initial interval, and at
+    its end, gives the first slow window a preconditioner of the region the chains have
+    reached, without waiting for them to spread.
 
     Parameters
     ----------
-    n_dim : int
-        Number of (raveled) dimensions.
-    kind : {"diag", "dense"}
-        Shape of ``M^{-1}``.
-    dtype : numpy.dtype
-        Floating dtype of the points.
+    n_tune : int
+
+    Returns
+    -------
+    frozenset of int
+        Counts of tuning draws done (``it + 1``) after which to measure.
     """
-
-    _state_class = MassMatrixState
-
-    def __init__(self, n_dim: int, kind: str, dtype: np.dtype) -> None:
-        if kind not in ("diag", "dense"):
-            raise ValueError(f"kind must be 'diag' or 'dense', got {kind!r}")
-        self.n_dim, self.kind, self.dtype = int(n_dim), kind, np.dtype(dtype)
-        self.windows: list[tuple[int, int]] = []
-        self.reset(0)
-
-    def reset(self, n_tune: int) -> None:
-        """Back to ``M = I`` with the windows of ``n_tune`` tuning draws."""
-        d = self.n_dim
-        self.windows = adaptation_windows(int(n_tune))
-        self.inv_mass = (
-            np.ones(d, self.dtype) if self.kind == "diag" else np.eye(d, dtype=self.dtype)
-        )
-        self.n_seen = 0
-        self._restart_window()
-        self._factor()
-
-    def update(self, x: np.ndarray, grad: np.ndarray) -> bool:
-        """Record tuning draw ``x`` and ``grad log pi(x)``; True when ``M^{-1}`` changed."""
-        index = self.n_seen
-        self.n_seen += 1
-        window = next(((a, b) for a, b in self.windows if a <= index < b), None)
-        if window is None:
-            return False
-        self.n_window += 1
-        self.mean_x, self.m2_x = self._welford(self.mean_x, self.m2_x, x)
-        self.mean_g, self.m2_g = self._welford(self.mean_g, self.m2_g, grad)
-        if index + 1 < window[1]:
-            return False
-        new = self._estimate()
-        if new is not None:
-            self.inv_mass = new.astype(self.dtype)
-            self._factor()
-        self._restart_window()
-        return True
-
-    def _welford(
-        self, mean: np.ndarray, m2: np.ndarray, value: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        delta = value - mean
-        mean = mean + delta / self.n_window
-        if self.kind == "diag":
-            return mean, m2 + delta * (value - mean)
-        return mean, m2 + np.outer(delta, value - mean)
-
-    def _estimate(self) -> np.ndarray | None:
-        """The regularised Fisher-divergence estimate of ``M^{-1}``, or None if degenerate."""
-        n = self.n_window
-        if n < 3:
-            return None
-        weight = n / (n + 5.0)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            var_x = (
-                np.diagonal(self.m2_x) / (n - 1) if self.kind == "dense" else self.m2_x / (n - 1)
-            )
-            var_g = (
-                np.diagonal(self.m2_g) / (n - 1) if self.kind == "dense" else self.m2_g / (n - 1)
-            )
-            scale = np.sqrt(var_x / var_g)
-            if not np.all(np.isfinite(scale) & (scale > 0)):
-                return None
-            diag = weight * scale + (1 - weight) * 1e-3
-            if self.kind == "diag":
-                return diag
-            # standardise by the diagonal estimate, take the geometric mean there
-            root = np.sqrt(scale)
-            cov_x = (self.m2_x / (n - 1)) / np.outer(root, root)
-            cov_g = (self.m2_g / (n - 1)) * np.outer(root, root)
-            eye = np.eye(self.n_dim)
-            cov_x = weight * cov_x + (1 - weight) * eye
-            cov_g = weight * cov_g + (1 - weight) * eye
-            if not (np.all(np.isfinite(cov_x)) and np.all(np.isfinite(cov_g))):
-                return None
-            try:
-                g_half, g_half_inv = _spd_sqrt(cov_g)
-                middle, _ = _spd_sqrt(g_half @ cov_x @ g_half)
-            except np.linalg.LinAlgError:
-                return None
-            sigma = g_half_inv @ middle @ g_half_inv
-            sigma = 0.5 * (sigma + sigma.T) * np.outer(root, root)
-            sigma[np.diag_indices_from(sigma)] += (1 - weight) * 1e-3
-        if not np.all(np.isfinite(sigma)):
-            return None
-        return sigma
-
-    def drift(self, grad: np.ndarray) -> np.ndarray:
-        """``M^{-1} g`` for one gradient (1-D) or one per row (2-D)."""
-        if self.kind == "diag":
-            return grad * self.inv_mass
-        return grad @ self.inv_mass  # symmetric
-
-    def scale_noise(self, z: np.ndarray) -> np.ndarray:
-        """``M^{-1/2} z`` along the last axis (a Cholesky factor for ``"dense"``)."""
-        if self.kind == "diag":
-            return z * self._sqrt
-        return z @ self._sqrt.T
-
-    def mass_norm_sq(self, v: np.ndarray) -> float:
-        """``v^T M v``."""
-        if self.kind == "diag":
-            return float(np.dot(v, v / self.inv_mass))
-        w = self._inv_sqrt @ v
-        return float(np.dot(w, w))
-
-    def _restart_window(self) -> None:
-        d = self.n_dim
-        self.n_window = 0
-        self.mean_x = np.zeros(d, np.float64)
-        self.mean_g = np.zeros(d, np.float64)
-        self.m2_x = np.zeros(d if self.kind == "diag" else (d, d), np.float64)
-        self.m2_g = np.zeros_like(self.m2_x)
-
-    def _factor(self) -> None:
-        if self.kind == "diag":
-            self._sqrt = np.sqrt(self.inv_mass)
-        else:
-            self._sqrt = np.linalg.cholesky(self.inv_mass)
-            self._inv_sqrt = np.linalg.inv(self._sqrt)
-
-    @property
-    def sampling_state(self) -> MassMatrixState:  # the factors are derived, not state
-        return super().sampling_state
-
-    @sampling_state.setter
-    def sampling_state(self, state: MassMatrixState) -> None:
-        WithSamplingState.sampling_state.fset(self, state)
-        self._factor()
+    windows = _windows(n_tune)
+    if not windows:
+        return frozenset()
+    init = windows[0][0]
+    return frozenset(k for k in (init // 3, (2 * init) // 3, init) if k > 0)
 
 
 def _spd_sqrt(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -432,3 +254,495 @@ def _spd_sqrt(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise np.linalg.LinAlgError("matrix is not positive definite")
     root = np.sqrt(values)
     return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
+
+
+def _prior_diag(metric: Metric, n_dim: int) -> np.ndarray:
+    if metric.inv_mass is None:
+        return np.ones(n_dim)
+    return metric.inv_mass if metric.inv_mass.ndim == 1 else np.diagonal(metric.inv_mass)
+
+
+def fisher_estimate(
+    n: int, cov_x: np.ndarray, cov_g: np.ndarray, kind: str, prior: Metric
+) -> np.ndarray | None:
+    """The regularised Fisher-divergence estimate of ``M^{-1}`` from draws and gradients.
+
+    With ``S_x = Cov(x)`` and ``S_g = Cov(grad log pi(x))`` over a window (the estimator of
+    nutpie's mass-matrix adaptation, by Seyboldt, Carlson and Carpenter):
+
+    * ``"diag"``: ``M^{-1}_ii = sqrt(S_x,ii / S_g,ii)``;
+    * ``"dense"``: ``M^{-1} = S_x # S_g^{-1}``, the matrix geometric mean
+      ``A^{1/2} (A^{-1/2} B A^{-1/2})^{1/2} A^{1/2}`` of ``A = S_x`` and ``B = S_g^{-1}``,
+      computed in the coordinates standardised by the diagonal estimate.
+
+    On ``N(mu, Sigma)`` at stationarity both give ``Sigma``; during the transient a chain that
+    has seen only a narrow slice of a ridge still gets the local inverse curvature. The
+    estimate is shrunk as Stan's is, with weight ``5 / (n + 5)``: the diagonal towards
+    ``1e-3`` times the diagonal of the ``prior`` preconditioner (Stan's absolute ``1e-3``
+    when the prior is the identity; relative, so that a coordinate of scale 1e-5 is not
+    swamped), the dense estimate first towards the diagonal one.
+
+    Parameters
+    ----------
+    n : int
+        Draws (rows times iterations) behind the covariances.
+    cov_x, cov_g : numpy.ndarray, shape (d,) or (d, d)
+        Variances (``"diag"``) or covariances (``"dense"``) of the draws and gradients.
+    kind : {"diag", "dense"}
+    prior : Metric
+        The preconditioner in use, towards which the estimate is regularised.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The estimate, or None when it is degenerate (fewer than 3 draws, a zero or
+        non-finite variance): keep the prior.
+    """
+    if n < 3:
+        return None
+    weight = n / (n + 5.0)
+    d = cov_x.shape[0]
+    jitter = (1 - weight) * _JITTER * _prior_diag(prior, d)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        var_x = np.diagonal(cov_x) if kind == "dense" else cov_x
+        var_g = np.diagonal(cov_g) if kind == "dense" else cov_g
+        scale = np.sqrt(var_x / var_g)
+        if not np.all(np.isfinite(scale) & (scale > 0)):
+            return None
+        if kind == "diag":
+            return weight * scale + jitter
+        # standardise by the diagonal estimate, take the geometric mean there
+        root = np.sqrt(scale)
+        eye = np.eye(d)
+        cov_x = weight * cov_x / np.outer(root, root) + (1 - weight) * eye
+        cov_g = weight * cov_g * np.outer(root, root) + (1 - weight) * eye
+        if not (np.all(np.isfinite(cov_x)) and np.all(np.isfinite(cov_g))):
+            return None
+        try:
+            g_half, g_half_inv = _spd_sqrt(cov_g)
+            middle, _ = _spd_sqrt(g_half @ cov_x @ g_half)
+        except np.linalg.LinAlgError:
+            return None
+        sigma = g_half_inv @ middle @ g_half_inv
+        sigma = 0.5 * (sigma + sigma.T) * np.outer(root, root)
+        sigma[np.diag_indices_from(sigma)] += jitter
+    if not np.all(np.isfinite(sigma)):
+        return None
+    return sigma
+
+
+def curvature_metric(
+    logp_grad: LogpGrad, rows: np.ndarray, kind: str, rel_step: float = 1e-5
+) -> tuple[Metric | None, int]:
+    """A preconditioner from the curvature of the log density at ``rows``.
+
+    The Hessian at each row is the central finite difference of the gradient along each
+    coordinate (``2 d`` gradient evaluations per row, in one call of ``logp_grad``), with a
+    step of ``rel_step * max(1, |x_i|)``. The negative Hessians are made positive definite
+    by taking the absolute values of their eigenvalues (floored at ``1e-6 min(1,
+    lambda_max)``, so a flat direction gets a variance of at most 1e6, and at
+    ``1e-15 lambda_max``, the round-off of the eigenvalues), averaged over the rows, and
+    inverted: ``M^{-1}`` is the
+    covariance of the Laplace approximation (``"dense"``) or its diagonal (``"diag"``).
+
+    Parameters
+    ----------
+    logp_grad : callable
+        ``logp_grad(points) -> (logp, grad)`` on rows.
+    rows : numpy.ndarray, shape (R, d)
+        Points at which to measure the curvature.
+    kind : {"diag", "dense"}
+    rel_step : float, default 1e-5
+
+    Returns
+    -------
+    metric : Metric or None
+        None when a gradient was not finite (keep the identity).
+    n_evals : int
+        Gradient evaluations spent, per row of ``rows`` (``2 d``).
+    """
+    R, d = rows.shape
+    eps = rel_step * np.maximum(1.0, np.abs(rows))  # (R, d)
+    eye = np.eye(d)
+    points = np.concatenate(
+        [np.concatenate([x + e[:, None] * eye, x - e[:, None] * eye]) for x, e in zip(rows, eps)]
+    )
+    _, grads = logp_grad(points)
+    if not np.all(np.isfinite(grads)):
+        return None, 2 * d
+    precision = np.zeros((d, d))
+    for r in range(R):
+        g = grads[2 * d * r : 2 * d * (r + 1)]
+        hess = (g[:d] - g[d:]) / (2 * eps[r][:, None])  # row i: d grad / d x_i
+        neg = -0.5 * (hess + hess.T)
+        values, vectors = np.linalg.eigh(neg)
+        absval = np.abs(values)
+        top = float(absval.max())
+        if not (np.isfinite(top) and top > 0):
+            return None, 2 * d
+        absval = np.maximum(absval, max(1e-6 * min(1.0, top), 1e-15 * top))
+        precision += (vectors * absval) @ vectors.T / R
+    values, vectors = np.linalg.eigh(precision)
+    cov = (vectors / values) @ vectors.T
+    cov = 0.5 * (cov + cov.T)
+    if kind == "diag":
+        return Metric.diag(np.diagonal(cov).copy()), 2 * d
+    try:
+        return Metric.dense(cov), 2 * d
+    except np.linalg.LinAlgError:
+        return Metric.diag(np.diagonal(cov).copy()), 2 * d
+
+
+def stray_rows(lp_trace: np.ndarray, n_dim: int) -> np.ndarray:
+    """Rows whose recent log density lies far below that of the best rows.
+
+    The reference is the 90th percentile ``q`` of the rows' moving averages of the log
+    density: the region the best tenth of the rows has found. A row is stray when it is
+    below ``q`` by more than ``6 sqrt(d/2) + 10 + 8 s``, where ``sqrt(d/2)`` is the
+    standard deviation of the log density of a ``d``-dimensional Gaussian (so a row in the
+    same typical set is never that far below) and ``s`` the scaled median deviation of the
+    top quarter of the rows (their own spread). Such a row sits where the density is lower
+    by a factor ``e^10`` or more than anywhere in the best rows' typical set: a spurious
+    local mode, or a start the step size cannot bring back. A genuine mode of much lower
+    density but much larger volume looks the same, which is why restarting is an option.
+
+    Parameters
+    ----------
+    lp_trace : numpy.ndarray, shape (B,)
+    n_dim : int
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (B,)
+    """
+    finite = np.isfinite(lp_trace)
+    if finite.sum() < MIN_ROWS_FOR_RESTART:
+        return np.zeros(lp_trace.shape, dtype=bool)
+    values = lp_trace[finite]
+    top = np.sort(values)[-max(2, values.size // 4) :]
+    spread = 1.4826 * float(np.median(np.abs(top - np.median(top))))
+    threshold = 6.0 * math.sqrt(n_dim / 2.0) + 10.0 + 8.0 * spread
+    return ~finite | (lp_trace < float(np.quantile(values, 0.9)) - threshold)
+
+
+# ------------------------------------------------------------------------------------------------
+# The warm-up
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass_state
+class WarmupState(DataClassState):
+    """The state of :class:`Warmup`, as PyMC saves and restores it."""
+
+    n_tune: int
+    iteration: int
+    started: bool
+    step_size: float | np.ndarray
+    metric: Metric
+    step_adapt: StepSizeState
+    n_window: int
+    mean_x: np.ndarray
+    m2_x: np.ndarray
+    mean_g: np.ndarray
+    m2_g: np.ndarray
+    lp_trace: np.ndarray | None
+    accept_trace: np.ndarray | None
+    n_restarts: np.ndarray | None
+    late_restarts: int
+
+
+class Warmup(WithSamplingState):
+    """Step size and preconditioner of a Langevin sampler during tuning, over rows.
+
+    Parameters
+    ----------
+    n_dim : int
+        Number of (raveled) dimensions.
+    step_size : float, optional
+        The first step size (default :func:`initial_step_size`), and the step size
+        throughout when ``adapt_step_size=False``.
+    adapt_step_size : bool
+    target_accept : float
+        The dual-averaging target of the mean would-be MALA acceptance.
+    precondition : {"diag", "dense", None}
+        Resolved kind (:func:`check_precondition`). ``None``: ``M = I`` throughout.
+    restart_stray : bool, default False
+        Restart stray rows from the bulk (:func:`stray_rows`; needs at least
+        :data:`MIN_ROWS_FOR_RESTART` rows).
+    per_row_step : bool, default False
+        One step size per row, each dual-averaged on its own row's acceptance (PyMC's
+        :class:`~pymc.step_methods.step_sizes.DualAverageAdaptation` works elementwise),
+        instead of one for all rows fed their mean acceptance. Rows in different regions
+        (a far start, a funnel's neck) then do not drag each other's step size.
+
+    Notes
+    -----
+    The window's moments are Welford's per row (``mean_x`` and ``mean_g`` have one row
+    per row of the state), pooled within rows: see :meth:`_accumulate`.
+
+    Attributes
+    ----------
+    step_size : float or numpy.ndarray
+        The step size of the next transition (one per row with ``per_row_step`` after
+        :meth:`start`).
+    metric : Metric
+        The preconditioner of the next transition.
+    n_restarts : numpy.ndarray of int, shape (B,) or None
+        Restarts of each row so far (after the first :meth:`update`).
+    late_restarts : int
+        Restarts after the initial interval: rows that went stray after the transient
+        from the start was over (a spurious mode, rather than a far start).
+    """
+
+    _state_class = WarmupState
+
+    def __init__(
+        self,
+        n_dim: int,
+        *,
+        step_size: float | None,
+        adapt_step_size: bool,
+        target_accept: float,
+        precondition: str | None,
+        restart_stray: bool = False,
+        per_row_step: bool = False,
+    ) -> None:
+        self.n_dim = int(n_dim)
+        self.per_row_step = bool(per_row_step)
+        self.first_step = float(step_size) if step_size is not None else initial_step_size(n_dim)
+        self.adapt_step_size = bool(adapt_step_size)
+        self.target_accept = float(target_accept)
+        self.kind = precondition
+        self.restart_stray = bool(restart_stray)
+        self.reset(0)
+
+    @property
+    def windows(self) -> list[tuple[int, int]]:
+        """The slow windows of the ``n_tune`` tuning draws (:func:`adaptation_windows`)."""
+        return _windows(self.n_tune)
+
+    @property
+    def adjusts(self) -> bool:
+        """Whether tuning transitions are Metropolis-adjusted (something adapts)."""
+        return self.adapt_step_size or self.kind is not None
+
+    def reset(self, n_tune: int) -> None:
+        """Back to the first step size and ``M = I``, with the windows of ``n_tune`` draws."""
+        self.n_tune = int(n_tune)
+        self.iteration = 0
+        self.started = False
+        self.step_size = self.first_step
+        self.metric = Metric.identity()
+        self.step_adapt = self._dual_averaging(self.first_step)
+        self.lp_trace = self.accept_trace = self.n_restarts = None
+        self.late_restarts = 0
+        self._restart_window()
+
+    def start(self, state: LangevinState, logp_grad: LogpGrad) -> int:
+        """Before the first tuning transition: the preconditioner from the curvature.
+
+        Parameters
+        ----------
+        state : LangevinState
+            The rows' starting points.
+        logp_grad : callable
+            ``logp_grad(points) -> (logp, grad)`` on rows.
+
+        Returns
+        -------
+        int
+            Gradient evaluations spent per row (0 without a preconditioner).
+        """
+        self.started = True
+        if self.per_row_step:
+            self.step_size = np.full(state.x.shape[0], float(np.mean(self.step_size)))
+            self.step_adapt = self._dual_averaging(self.step_size)
+        return self._measure_curvature(state, logp_grad)
+
+    def _measure_curvature(self, state: LangevinState, logp_grad: LogpGrad) -> int:
+        """The preconditioner from the curvature at the rows of highest log density."""
+        if self.kind is None or self.n_dim > CURVATURE_MAX_DIM:
+            return 0
+        order = np.argsort(-np.nan_to_num(state.logp, nan=-np.inf), kind="stable")
+        rows = state.x[order[:_CURVATURE_ROWS]]
+        metric, n_evals = curvature_metric(logp_grad, rows, self.kind)
+        if metric is not None:
+            self.metric = metric
+            self._restart_step_size()
+        return math.ceil(n_evals * rows.shape[0] / state.x.shape[0])
+
+    def _restart_step_size(self) -> None:
+        if self.adapt_step_size:
+            # New preconditioner: the step size learnt for the old one is stale; restart
+            # dual averaging from it (Stan's windowed adaptation does the same).
+            self.step_adapt = self._dual_averaging(self.step_size)
+            self.step_size = self._current_step(tune=True)
+
+    def update(
+        self, state: LangevinState, info: LangevinInfo, logp_grad: LogpGrad
+    ) -> tuple[LangevinState, int]:
+        """After one tuning transition: adapt, and restart stray rows where it is time.
+
+        Parameters
+        ----------
+        state : LangevinState
+            The rows after the transition.
+        info : LangevinInfo
+            What the transition did.
+        logp_grad : callable
+            ``logp_grad(points) -> (logp, grad)`` on rows, for the curvature measured
+            again during the initial interval (:func:`curvature_refreshes`).
+
+        Returns
+        -------
+        state : LangevinState
+            ``state``, with stray rows replaced by rows of the bulk at a check.
+        n_evals : int
+            Gradient evaluations spent per row (by a curvature measurement).
+        """
+        it = self.iteration
+        self.iteration += 1
+        B = state.x.shape[0]
+        if self.lp_trace is None or self.lp_trace.shape[0] != B:
+            self.lp_trace = np.array(state.logp, dtype=float)
+            self.accept_trace = np.array(info.accept_prob, dtype=float)
+            self.n_restarts = np.zeros(B, dtype=np.int64)
+        else:
+            self.lp_trace += _TRACE_RATE * (state.logp - self.lp_trace)
+            self.accept_trace += _TRACE_RATE * (info.accept_prob - self.accept_trace)
+        if self.adapt_step_size:
+            accept = info.accept_prob if self.per_row_step else float(np.mean(info.accept_prob))
+            self.step_adapt.update(accept, True)
+            self.step_size = self._current_step(tune=True)
+
+        window = next(((a, b) for a, b in self.windows if a <= it < b), None)
+        if self.kind is not None and window is not None:
+            self._accumulate(state)
+        window_end = window is not None and it + 1 == window[1]
+        refresh = it + 1 in curvature_refreshes(self.n_tune)
+        restarted = False
+        if self.restart_stray and (window_end or refresh):
+            state, restarted = self._restart_strays(state)
+        n_evals = self._measure_curvature(state, logp_grad) if refresh else 0
+        if window_end and self.kind is not None:
+            if not restarted:  # else the window's moments include the strays' draws
+                new = fisher_estimate(
+                    self._draws_in_window(), *self._covariances(), kind=self.kind, prior=self.metric
+                )
+                if new is not None:
+                    try:
+                        self.metric = Metric.diag(new) if self.kind == "diag" else Metric.dense(new)
+                    except np.linalg.LinAlgError:
+                        pass
+            self._restart_window()
+            self._restart_step_size()
+        return state, n_evals
+
+    def finish(self) -> list[str]:
+        """Freeze the step size at its dual average; return what looks wrong, in words.
+
+        Returns
+        -------
+        list of str
+            Warnings: a step size that ended below ``COLLAPSE_FACTOR`` times its start, or
+            rows whose recent would-be acceptance is below ``STUCK_ACCEPT``.
+        """
+        if self.adapt_step_size:
+            self.step_size = self._current_step(tune=False)
+        problems = []
+        cause = (
+            "The likely cause is a boundary the unadjusted Langevin step cannot approach "
+            "(a Potential or constraint where the log density drops to -inf) or a region it "
+            "cannot cross (a funnel, scales that change by orders of magnitude). The draws "
+            "are probably too narrow or stuck: use NUTS (pm.sample()) or reparameterise."
+        )
+        steps = np.atleast_1d(self.step_size)
+        collapsed = steps < COLLAPSE_FACTOR * self.first_step
+        if self.adapt_step_size and collapsed.any():
+            where = "" if steps.size == 1 else f" on {int(collapsed.sum())} of {steps.size} chains"
+            low = float(steps.min())
+            problems.append(
+                f"The step size collapsed during tuning{where}: it ended at {low:.3g}, "
+                f"{self.first_step / low:.3g} times below its start ({self.first_step:.3g}). "
+                f"{cause}"
+            )
+        if self.adjusts and self.accept_trace is not None and self.iteration > 0:
+            stuck = int((self.accept_trace < STUCK_ACCEPT).sum())
+            if stuck:
+                rows = self.accept_trace.shape[0]
+                where = "the chain" if rows == 1 else f"{stuck} of {rows} chains"
+                problems.append(
+                    f"The would-be acceptance of the moves was near zero at the end of tuning "
+                    f"on {where} (below {STUCK_ACCEPT}). {cause}"
+                )
+        return problems
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _dual_averaging(self, initial_step: float | np.ndarray) -> DualAverageAdaptation:
+        """PyMC's NUTS step-size adaptation (same constants), started at ``initial_step``."""
+        return DualAverageAdaptation(initial_step, self.target_accept, 0.05, 0.75, 10)
+
+    def _current_step(self, tune: bool) -> float | np.ndarray:
+        step = self.step_adapt.current(tune)
+        return np.array(step, dtype=float) if self.per_row_step else float(step)
+
+    def _restart_window(self) -> None:
+        d = self.n_dim
+        self.n_window = 0
+        self.mean_x = np.zeros((0, d))
+        self.mean_g = np.zeros((0, d))
+        self.m2_x = np.zeros(d if self.kind != "dense" else (d, d))
+        self.m2_g = np.zeros_like(self.m2_x)
+
+    def _accumulate(self, state: LangevinState) -> None:
+        """Welford's update of each row's draws and gradients, pooled within rows.
+
+        The window's covariances are those of each row's draws about that row's own mean,
+        pooled over the rows. Rows that are still far apart (different places of a
+        transient, a funnel's neck and mouth) would otherwise put their spread between
+        each other, which says nothing about the local scales, into the estimate.
+        """
+        if self.n_window == 0:
+            B, d = state.x.shape
+            self.mean_x, self.mean_g = np.zeros((B, d)), np.zeros((B, d))
+        self.n_window += 1
+        for name, rows in (("x", state.x), ("g", state.grad)):
+            mean = getattr(self, f"mean_{name}")
+            delta = rows - mean
+            mean = mean + delta / self.n_window
+            after = rows - mean
+            if self.kind == "dense":
+                update = delta.T @ after
+            else:
+                update = np.einsum("ij,ij->j", delta, after)
+            setattr(self, f"mean_{name}", mean)
+            setattr(self, f"m2_{name}", getattr(self, f"m2_{name}") + update)
+
+    def _draws_in_window(self) -> int:
+        return self.n_window * self.mean_x.shape[0] if self.n_window else 0
+
+    def _covariances(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.mean_x.shape[0] if self.n_window else 1
+        n = max(self.n_window * rows - rows, 1)
+        return self.m2_x / n, self.m2_g / n
+
+    def _restart_strays(self, state: LangevinState) -> tuple[LangevinState, bool]:
+        stray = stray_rows(self.lp_trace, self.n_dim)
+        if not stray.any():
+            return state, False
+        bulk = np.flatnonzero(~stray)
+        lost = np.flatnonzero(stray)
+        # evenly spread over the bulk, deterministically (the warm-up owns no generator)
+        source = bulk[(np.arange(lost.size) * bulk.size) // lost.size]
+        x, logp, grad = (np.array(a, copy=True) for a in state)
+        x[lost], logp[lost], grad[lost] = x[source], logp[source], grad[source]
+        self.lp_trace[lost] = self.lp_trace[source]
+        self.accept_trace[lost] = self.accept_trace[source]
+        self.n_restarts[lost] += 1
+        if self.iteration > (self.windows[0][0] if self.windows else 0):
+            self.late_restarts += lost.size
+        if self.per_row_step:  # a restarted row takes its source's step size too
+            self.step_size[lost] = self.step_size[source]
+            self._restart_step_size()
+        return LangevinState(x, logp, grad), True
