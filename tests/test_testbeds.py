@@ -168,6 +168,12 @@ def test_sample_device_dtype_and_reproducibility():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="n must be"):
         tb.sample(0)
+    # counts go through pmm_pymc._validate: numpy integers count, booleans and floats do not
+    for bad in (True, 3.0):
+        with pytest.raises(ValueError, match="n must be an integer >= 1"):
+            tb.sample(bad)
+    c = tb.sample(np.int64(100), torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a, c, rtol=0, atol=0)
 
 
 def test_digits64_is_the_em_fixed_point():
@@ -223,6 +229,8 @@ def test_registry():
         ({"covariances": [[[1.0, 2.0], [2.0, 1.0]]] * 2}, ValueError, "positive definite"),
         ({"covariances": [1.0, float("nan")]}, ValueError, "covariances must be finite"),
         ({"rank": 3}, ValueError, "rank must be an integer in"),
+        ({"rank": True}, ValueError, "rank must be an integer in"),
+        ({"rank": 1.0}, ValueError, "rank must be an integer in"),
         ({"means": "ab"}, TypeError, "means must be array-like"),
     ],
 )

@@ -23,8 +23,13 @@ from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from torch import nn
+
+from pmm_pymc._optional import require
+
+require("torch", "torch", "pmm_pymc.evaluation.digits")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 __all__ = [
     "DigitClassifier",
