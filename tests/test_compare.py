@@ -237,6 +237,11 @@ def test_error_curve_costs_and_final_point():
     np.testing.assert_array_equal(curve["grad_evals"], 3.0 * 2 * curve["draws"])
     full = reference_errors(draws, ref)
     assert curve["max_abs_mean_err"].iloc[-1] == pytest.approx(abs(full["mean_err"].iloc[0]))
+    same = error_curve(draws, n_steps, ref, n_points=np.int64(5), min_draws=np.int64(4))
+    pd.testing.assert_frame_equal(same, curve)
+    for bad in ({"n_points": True}, {"n_points": 0}, {"min_draws": 2.0}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be an integer >= 1"):
+            error_curve(draws, n_steps, ref, **bad)
 
 
 def test_component_labels_use_coordinates():

@@ -13,6 +13,7 @@ from pmm_pymc.evaluation.digits import digits_data
 from pmm_pymc.evaluation.testbeds import (
     ExactEpsModel,
     GaussianMixtureTestbed,
+    fit_digits_mixture,
     get_testbed,
     list_testbeds,
 )
@@ -189,6 +190,25 @@ def test_digits64_is_the_em_fixed_point():
     lam = tb.eigenvalues
     assert lam.min() > 0.0099 and lam.max() > 1.0  # anisotropic: floor 0.01, top ≈ 3
     assert x.min() == -1.0 and x.max() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_components": True}, "n_components must be an integer >= 1, got True"),
+        ({"reg_covar": 0.0}, "reg_covar must be a finite number > 0"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+    ],
+)
+def test_fit_digits_mixture_bad_options(monkeypatch, kwargs, match):
+    import sklearn.mixture
+
+    def no_fit(*args, **kw):
+        raise AssertionError("the fit started")
+
+    monkeypatch.setattr(sklearn.mixture, "GaussianMixture", no_fit)
+    with pytest.raises(ValueError, match=match):
+        fit_digits_mixture(**kwargs)
 
 
 def test_low_rank_and_rank_truncation():

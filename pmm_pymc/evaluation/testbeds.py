@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from pmm_pymc._optional import require
-from pmm_pymc._validate import check_int
+from pmm_pymc._validate import check_int, check_real
 
 require("torch", "torch", "pmm_pymc.evaluation.testbeds")
 
@@ -610,6 +610,9 @@ def fit_digits_mixture(
     -------
     GaussianMixtureTestbed
     """
+    n_components = check_int("n_components", n_components, 1)
+    reg_covar = check_real("reg_covar", reg_covar, gt=0)
+    seed = check_int("seed", seed, 0)
     from sklearn.mixture import GaussianMixture
 
     from pmm_pymc.evaluation.digits import digits_data
