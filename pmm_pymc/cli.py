@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pmm_pymc._validate import check_int
+from pmm_pymc._validate import check_distinct, check_int
 
 __all__ = ["main"]
 
@@ -55,10 +55,10 @@ _non_negative_int = _int_at_least(0)
 
 
 def _distinct(values: list, text: str) -> list:
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-        raise argparse.ArgumentTypeError(f"{text!r} lists {repeated} more than once")
-    return values
+    try:
+        return check_distinct(repr(text), values)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _int_list(text: str) -> list[int]:

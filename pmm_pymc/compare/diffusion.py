@@ -19,7 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from pmm_pymc._optional import require
-from pmm_pymc._validate import check_bool, check_int, check_names
+from pmm_pymc._validate import check_bool, check_int, check_ints, check_names
 
 require("torch", "torch", "pmm_pymc.compare.diffusion (the diffusion comparison)")
 
@@ -217,27 +217,6 @@ class DiffusionComparison:
         return xr.DataTree.from_dict(tree)
 
 
-def _check_ints(name: str, values: Any, minimum: int) -> list[int]:
-    """A non-empty list of distinct integers ``>= minimum`` (a single integer is a list of one).
-
-    A repeated value is refused: it would run the same cell twice and give the results a
-    duplicate index.
-    """
-    if isinstance(values, int | np.integer) and not isinstance(values, bool | np.bool_):
-        values = [values]
-    try:
-        out = list(values)
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of integers, got {values!r}") from None
-    if not out:
-        raise ValueError(f"{name} must be a non-empty sequence of integers >= {minimum}, got []")
-    ints = [check_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(out)]
-    repeated = sorted({v for v in ints if ints.count(v) > 1})
-    if repeated:
-        raise ValueError(f"{name} lists {repeated} more than once")
-    return ints
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -328,11 +307,11 @@ def compare_diffusion(
             raise ValueError(
                 f"nfes is given per method for {sorted(nfes)} but methods are {sorted(methods)}"
             )
-        grid = {m: _check_ints(f"nfes[{m!r}]", nfes[m], 1) for m in methods}
+        grid = {m: check_ints(f"nfes[{m!r}]", nfes[m], 1) for m in methods}
     else:
-        shared = _check_ints("nfes", nfes, 1)
+        shared = check_ints("nfes", nfes, 1)
         grid = {m: shared for m in methods}
-    seeds = _check_ints("seeds", seeds, 0)
+    seeds = check_ints("seeds", seeds, 0)
     n_samples = check_int("n_samples", n_samples, 2)
     progressbar = check_bool("progressbar", progressbar)
     metric_names = (
