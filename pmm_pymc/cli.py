@@ -7,18 +7,24 @@ Two subcommands::
 
 Each writes ``DIR/report.md`` (tables and the figures embedded), the PNG figures, CSV tables
 and the DataTrees as netCDF. An existing non-empty ``DIR`` is refused unless ``--overwrite``
-is given. All input is checked before any sampling starts. Nothing in the package imports
-this module.
+is given. All input is checked before any sampling starts, the output folder included (it
+must be creatable and writable: :func:`_prepare_output`); a bad argument is a usage error
+(exit status 2) that leaves nothing behind. If the report cannot be written after sampling,
+the results are saved elsewhere and the error says where (exit status 1). Nothing in the
+package imports this module.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from pmm_pymc._validate import check_int
+from pmm_pymc._validate import check_distinct, check_int
 
 __all__ = ["main"]
 
@@ -48,6 +54,13 @@ _sample_count = _int_at_least(2)
 _non_negative_int = _int_at_least(0)
 
 
+def _distinct(values: list, text: str) -> list:
+    try:
+        return check_distinct(repr(text), values)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -57,7 +70,7 @@ def _int_list(text: str) -> list[int]:
         ) from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
+    return _distinct(values, text)
 
 
 def _run_spec(text: str) -> tuple[str, int]:
@@ -75,7 +88,7 @@ def _str_list(text: str) -> list[str]:
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-    return values
+    return _distinct(values, text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     mcmc.add_argument("--tune", type=_non_negative_int, default=1000, help="tuning steps")
     mcmc.add_argument("--chains", type=_positive_int, default=4, help="chains per sampler")
-    mcmc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    mcmc.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="random seed, >= 0 (default 0)"
+    )
     mcmc.add_argument(
         "--samplers",
         type=_str_list,
@@ -159,6 +174,87 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prepare_output(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    """Check ``--out`` (with ``--overwrite``) before any work; a usage error if it will not do.
+
+    Every subcommand calls this after its other checks and before any sampling. The folder
+    must be absent, empty or (with ``--overwrite``) a folder, creatable and writable (a probe
+    file is written and removed), and a netCDF engine must be installed for the traces:
+    :func:`pmm_pymc.compare.report.check_output_dir` and
+    :func:`~pmm_pymc.compare.report.check_netcdf_engine`. Nothing is left on disk: the report
+    writers create the folder.
+
+    Returns
+    -------
+    pathlib.Path
+        The output folder.
+    """
+    from pmm_pymc.compare.report import check_netcdf_engine, check_output_dir
+
+    try:
+        check_netcdf_engine()
+        return check_output_dir(args.out, overwrite=args.overwrite)
+    except (OSError, ImportError) as err:
+        parser.error(str(err))
+
+
+def _write_report(write: Callable[..., Path], out: Path, *, make_plots: bool) -> int:
+    """Write the report with ``write(folder, make_plots=...)``; if that fails, keep the results.
+
+    Sampling is over by now, so a failure (a full disk, a folder removed or made read-only
+    meanwhile, an error in a figure) must not lose its results: they are written again,
+    without figures, to a new folder under the temporary directory (or the current one),
+    and the error says where. An ``OSError`` then ends with exit status 1 and no traceback;
+    any other error is raised again after the rescue.
+
+    Returns
+    -------
+    int
+        The exit status.
+    """
+    try:
+        report = write(out, make_plots=make_plots)
+    except Exception as err:
+        rescued, failures = _rescue(write)
+        if rescued is not None:
+            fate = f"the results (traces and tables, no figures) are saved in {str(rescued)!r}"
+        else:
+            fate = "saving the results elsewhere failed too (" + "; ".join(failures) + ")"
+        print(
+            f"pmm-compare: error: could not write the report to {str(out)!r} "
+            f"({type(err).__name__}: {err}); {fate}",
+            file=sys.stderr,
+        )
+        if isinstance(err, OSError):
+            return 1
+        raise
+    print(f"wrote {report}")
+    return 0
+
+
+def _rescue(write: Callable[..., Path]) -> tuple[Path | None, list[str]]:
+    """Write the report without figures to a new folder; the folder, or why it failed."""
+    failures = []
+    for parent in (None, Path.cwd()):  # the temporary directory, then the current one
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="pmm-compare-rescued-", dir=parent))
+        except OSError as err:
+            failures.append(f"{type(err).__name__}: {err}")
+            continue
+        try:
+            write(folder, make_plots=False)
+        except Exception as err:
+            failure = f"{type(err).__name__}: {err}"
+            if any(folder.iterdir()):
+                failure += f"; what was written is in {str(folder)!r}"
+            else:
+                folder.rmdir()
+            failures.append(failure)
+            continue
+        return folder, failures
+    return None, failures
+
+
 def _make_samplers(names: Sequence[str], K: int | None, max_treedepth: int | None) -> dict:
     import functools
 
@@ -179,7 +275,6 @@ def _make_samplers(names: Sequence[str], K: int | None, max_treedepth: int | Non
 
 
 def _run_mcmc(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    from pmm_pymc.compare.report import check_netcdf_engine, check_output_dir
     from pmm_pymc.evaluation.posteriors import list_posteriors
 
     valid = list_posteriors()
@@ -192,13 +287,7 @@ def _run_mcmc(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: l
     unknown = [s for s in args.samplers if s not in _SAMPLERS]
     if unknown:
         parser.error(f"unknown sampler(s) {unknown}; valid: {', '.join(_SAMPLERS)}")
-    if len(set(args.samplers)) != len(args.samplers):
-        parser.error(f"--samplers lists a sampler twice: {args.samplers}")
-    try:
-        check_netcdf_engine()
-        out = check_output_dir(args.out, overwrite=args.overwrite)
-    except (FileExistsError, ModuleNotFoundError) as err:
-        parser.error(str(err))
+    out = _prepare_output(args, parser)
 
     from tqdm.auto import tqdm
 
@@ -219,15 +308,13 @@ def _run_mcmc(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: l
             reference=load_reference(name),
             progressbar=progress,
         )
-    report = write_mcmc_report(
+    write = functools.partial(
+        write_mcmc_report,
         results,
-        out,
         command=shlex.join(["pmm-compare", *argv]),
-        make_plots=not args.no_plots,
         progressbar=progress,
     )
-    print(f"wrote {report}")
-    return 0
+    return _write_report(write, out, make_plots=not args.no_plots)
 
 
 def _run_diffusion(
@@ -235,8 +322,8 @@ def _run_diffusion(
 ) -> int:
     try:
         from pmm_pymc.compare.diffusion import list_diffusion_testbeds
-    except ModuleNotFoundError as err:  # torch is an extra
-        parser.error(f"the diffusion comparison needs torch ({err}); pip install 'pmm-pymc[torch]'")
+    except ModuleNotFoundError as err:  # torch is an extra; the message names it
+        parser.error(str(err))
     from pmm_pymc.diffusion.sampler import METHODS
 
     valid = list_diffusion_testbeds()
@@ -259,13 +346,13 @@ def _run_diffusion(
         parser.error(f"invalid --device {args.device!r}: {err}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device!r} requested but CUDA is not available here")
+    if device.type == "meta":
+        parser.error("--device 'meta' holds no data; use cpu or cuda")
     try:
-        from pmm_pymc.compare.report import check_netcdf_engine, check_output_dir
-
-        check_netcdf_engine()
-        out = check_output_dir(args.out, overwrite=args.overwrite)
-    except (FileExistsError, ModuleNotFoundError) as err:
-        parser.error(str(err))
+        torch.empty(1, device=device)
+    except Exception as err:  # an absent backend raises RuntimeError, AssertionError, ...
+        parser.error(f"--device {args.device!r} cannot hold a tensor here: {err}")
+    out = _prepare_output(args, parser)
 
     from pmm_pymc.compare.diffusion import compare_diffusion
     from pmm_pymc.compare.report import write_diffusion_report
@@ -279,11 +366,10 @@ def _run_diffusion(
         device=device,
         progressbar=not args.no_progress,
     )
-    report = write_diffusion_report(
-        result, out, command=shlex.join(["pmm-compare", *argv]), make_plots=not args.no_plots
+    write = functools.partial(
+        write_diffusion_report, result, command=shlex.join(["pmm-compare", *argv])
     )
-    print(f"wrote {report}")
-    return 0
+    return _write_report(write, out, make_plots=not args.no_plots)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,7 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status (0 on success; usage errors exit with status 2).
+        The exit status: 0 on success, 1 if the report could not be written (the results
+        are then saved elsewhere, and the message says where). Usage errors exit with
+        status 2 before any work.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +16,7 @@ import xarray as xr
 from pmm_pymc.cli import main
 from pmm_pymc.evaluation.posteriors import list_posteriors
 
+ROOT = Path(__file__).resolve().parents[1]
 POSTERIOR = "kidscore_momiq"  # 4 parameters: the cheapest bundled posterior to sample
 
 
@@ -187,3 +192,241 @@ def test_diffusion_writes_report(tmp_path):
         main([*argv, "--methods", "ddim"])
     assert main([*argv, "--methods", "ddim", "--overwrite", "--no-plots"]) == 0
     assert set(pd.read_csv(out / "metrics.csv")["method"]) == {"ddim"}
+
+
+# --------------------------------------------------------------------- bad output folders
+# A refused run exits with status 2 and a one-line message, runs no sampler and leaves
+# nothing on disk. The tests run as root, for whom no folder is read-only: an unwritable
+# folder is simulated by making the probe file fail (monkeypatch), and, when not root, also
+# for real with chmod.
+
+
+@pytest.fixture
+def no_sampling(monkeypatch):
+    """Fail the test if any sampling starts."""
+    from pmm_pymc.compare import diffusion, mcmc
+
+    def fail(*args, **kwargs):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr(mcmc, "compare_samplers", fail)
+    monkeypatch.setattr(diffusion, "compare_diffusion", fail)
+
+
+def _mcmc(out, *extra: str) -> list[str]:
+    return ["mcmc", "--posterior", POSTERIOR, "--out", str(out), *extra]
+
+
+def _diffusion(out, *extra: str) -> list[str]:
+    return ["diffusion", "--testbed", "mixture2d", "--out", str(out), *extra]
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*"))
+
+
+def test_negative_seed_is_a_usage_error(tmp_path, capsys, no_sampling):
+    err = _usage_error(capsys, _mcmc(tmp_path / "o", "--seed", "-1"))
+    assert "argument --seed" in err and "-1" in err
+    assert "Traceback" not in err
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [_mcmc, _diffusion])
+def test_output_under_a_file_is_a_usage_error(tmp_path, capsys, no_sampling, argv):
+    (tmp_path / "file").write_text("x")
+    err = _usage_error(capsys, argv(tmp_path / "file" / "sub" / "out"))
+    assert "cannot create output directory" in err and "is a file" in err
+    assert _files(tmp_path) == [tmp_path / "file"]
+
+
+def test_output_that_is_a_file_is_a_usage_error(tmp_path, capsys, no_sampling):
+    (tmp_path / "file").write_text("x")
+    err = _usage_error(capsys, _mcmc(tmp_path / "file", "--overwrite"))
+    assert "exists and is not a directory" in err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_output_under_a_root_that_cannot_hold_it(capsys, no_sampling):
+    # /proc takes no new folders, even from root
+    err = _usage_error(capsys, _mcmc("/proc/pmm-no-such-dir/out"))
+    assert "cannot create output directory '/proc/pmm-no-such-dir/out'" in err
+    assert not Path("/proc/pmm-no-such-dir").exists()
+
+
+def _unwritable(monkeypatch) -> None:
+    """Make every probe file fail as in a folder without write permission."""
+    import errno
+    import os
+
+    from pmm_pymc.compare import report
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(report.tempfile, "mkstemp", refuse)
+
+
+@pytest.mark.parametrize("argv", [_mcmc, _diffusion])
+def test_existing_unwritable_folder_is_a_usage_error(
+    tmp_path, capsys, monkeypatch, no_sampling, argv
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    _unwritable(monkeypatch)
+    err = _usage_error(capsys, argv(out))
+    assert f"cannot write to output directory {str(out)!r}: Permission denied" in err
+    assert "Traceback" not in err
+    assert _files(tmp_path) == [out]  # left as it was
+
+
+def test_refused_output_leaves_no_folder_behind(tmp_path, capsys, monkeypatch, no_sampling):
+    """Folders made to probe a missing --out are removed when the probe fails."""
+    _unwritable(monkeypatch)
+    err = _usage_error(capsys, _mcmc(tmp_path / "a" / "b" / "out"))
+    assert "cannot create output directory" in err and "Permission denied" in err
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only folder")
+def test_read_only_folder_is_a_usage_error(tmp_path, capsys, no_sampling):
+    out = tmp_path / "out"
+    out.mkdir(mode=0o500)
+    try:
+        err = _usage_error(capsys, _mcmc(out))
+    finally:
+        out.chmod(0o700)
+    assert "cannot write to output directory" in err
+    assert _files(tmp_path) == [out]
+
+
+def test_check_output_dir_probes_and_leaves_nothing(tmp_path):
+    from pmm_pymc.compare.report import check_output_dir
+
+    out = tmp_path / "a" / "b"
+    assert check_output_dir(out) == out
+    assert _files(tmp_path) == []  # the writers create the folder
+    out.mkdir(parents=True)
+    (out / "old.md").write_text("x")
+    assert check_output_dir(out, overwrite=True) == out
+    assert _files(out) == [out / "old.md"]  # the probe file is gone
+    with pytest.raises(ValueError, match="overwrite must be True or False"):
+        check_output_dir(out, overwrite="yes")
+
+
+def test_bad_device_is_a_usage_error(tmp_path, capsys, no_sampling):
+    err = _usage_error(capsys, _diffusion(tmp_path / "o", "--device", "meta"))
+    assert "--device 'meta'" in err
+    err = _usage_error(capsys, _diffusion(tmp_path / "o", "--device", "nosuch"))
+    assert "invalid --device 'nosuch'" in err
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--nfes", "10,20,10"), ("--methods", "pmm,ddim,pmm")]
+)
+def test_repeated_values_are_usage_errors(tmp_path, capsys, no_sampling, option, value):
+    err = _usage_error(capsys, _diffusion(tmp_path / "o", option, value))
+    assert f"argument {option}" in err and "more than once" in err
+
+
+def test_repeated_sampler_is_a_usage_error(tmp_path, capsys, no_sampling):
+    err = _usage_error(capsys, _mcmc(tmp_path / "o", "--samplers", "PMM,LMC,PMM"))
+    assert "argument --samplers" in err and "['PMM'] more than once" in err
+
+
+# --------------------------------------------------------- a report that cannot be written
+def _fail_writes_under(monkeypatch, root: Path) -> None:
+    """Every report.md under ``root`` fails as on a full disk (after sampling)."""
+    import errno
+    import os
+
+    write_text = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.is_relative_to(root):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+
+
+def _rescued(err: str) -> Path:
+    match = re.search(r"saved in '([^']+)'", err)
+    assert match, err
+    return Path(match.group(1))
+
+
+def test_mcmc_report_failure_keeps_the_traces(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "out"
+    _fail_writes_under(monkeypatch, out)
+    argv = _mcmc(out, "--draws", "20", "--tune", "20", "--chains", "1", "--samplers", "PMM")
+    assert main([*argv, "--no-progress", "--no-plots"]) == 1
+    err = capsys.readouterr().err
+    assert f"could not write the report to {str(out)!r}" in err and "No space left" in err
+    assert "Traceback" not in err
+    rescued = _rescued(err)
+    assert rescued.parent == tmp_path / "tmp"
+    with xr.open_datatree(rescued / POSTERIOR / "PMM.nc") as dt:
+        assert dt["posterior"].sizes["draw"] == 20
+    assert (rescued / "report.md").is_file() and (rescued / "summary.csv").is_file()
+
+
+def test_diffusion_report_error_keeps_the_results(tmp_path, capsys, monkeypatch):
+    """A bug in a figure: the results are saved without figures, then the error is raised."""
+    from pmm_pymc.compare import plots
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in the figure")
+
+    monkeypatch.setattr(plots, "plot_metric_vs_nfe", broken)
+    out = tmp_path / "out"
+    argv = _diffusion(out, "--methods", "ddim", "--nfes", "5", "--seeds", "1", "--n-samples", "16")
+    with pytest.raises(ValueError, match="a bug in the figure"):
+        main([*argv, "--no-progress"])
+    rescued = _rescued(capsys.readouterr().err)
+    assert rescued.parent == tmp_path and rescued.name.startswith("pmm-compare-rescued-")
+    assert set(pd.read_csv(rescued / "metrics.csv")["method"]) == {"ddim"}
+    # one seed: no sd, said so (the table's sd column used to vanish and fail the report)
+    assert "(one seed: no sd)" in (rescued / "report.md").read_text(encoding="utf-8")
+    with xr.open_datatree(rescued / "results.nc") as results:
+        assert results["runs"].sizes["seed"] == 1
+
+
+# ------------------------------------------------------------------- without the torch extra
+def test_diffusion_without_torch_names_the_extra(tmp_path):
+    """torch blocked in a fresh interpreter: a usage error naming the extra, no traceback."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from pmm_pymc.cli import main\n"
+        f"sys.exit(main({_diffusion(tmp_path / 'o')!r}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert 'pip install "pmm-pymc[torch]"' in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _files(tmp_path) == []
+
+
+def test_report_and_rescue_both_failing(tmp_path, capsys, monkeypatch):
+    """Nowhere to write: exit status 1, a message that says so, no empty rescue folders."""
+    import errno
+
+    from pmm_pymc.cli import _write_report
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+
+    def write(folder: Path, make_plots: bool) -> Path:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    assert _write_report(write, tmp_path / "out", make_plots=True) == 1
+    err = capsys.readouterr().err
+    assert "could not write the report" in err and "saving the results elsewhere failed too" in err
+    assert _files(tmp_path) == []

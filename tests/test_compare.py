@@ -237,6 +237,11 @@ def test_error_curve_costs_and_final_point():
     np.testing.assert_array_equal(curve["grad_evals"], 3.0 * 2 * curve["draws"])
     full = reference_errors(draws, ref)
     assert curve["max_abs_mean_err"].iloc[-1] == pytest.approx(abs(full["mean_err"].iloc[0]))
+    same = error_curve(draws, n_steps, ref, n_points=np.int64(5), min_draws=np.int64(4))
+    pd.testing.assert_frame_equal(same, curve)
+    for bad in ({"n_points": True}, {"n_points": 0}, {"min_draws": 2.0}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be an integer >= 1"):
+            error_curve(draws, n_steps, ref, **bad)
 
 
 def test_component_labels_use_coordinates():
@@ -344,6 +349,86 @@ def test_reference_with_wrong_names_or_shapes(no_sampling):
         compare_samplers(_model(), {"LMC": LangevinMC}, reference=pd.DataFrame())
 
 
+@pytest.mark.parametrize(
+    ("var_names", "match"),
+    [
+        (["nosuch"], r"var_names: unknown variable\(s\) \['nosuch'\]; valid: x, s"),
+        # a known name next to an unknown one: refused, not silently dropped
+        (["x", "nosuch"], r"unknown variable\(s\) \['nosuch'\]"),
+        ([], "var_names is empty; give at least one of: x, s"),
+        ("x", r"var_names must be a list of variables, got the string 'x'; pass \['x'\]"),
+        (["x", "x"], r"var_names lists \['x'\] more than once"),
+        ([1], "var_names must hold variables as strings"),
+        (["s_log__"], r"unknown variable\(s\) \['s_log__'\]"),  # a value variable
+    ],
+)
+def test_bad_var_names(no_sampling, var_names, match):
+    with pytest.raises(ValueError, match=match):
+        compare_samplers(_model(), {"LMC": LangevinMC}, var_names=var_names)
+
+
+def _reference(x: np.ndarray, s: np.ndarray) -> xr.DataTree:
+    return from_dict({"posterior": {"x": x, "s": s}}, dims={"x": ["k"]}, coords={"k": ["a", "b"]})
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_reference_with_non_finite_values(no_sampling, bad):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 50, 2))
+    x[1, 7, 1] = bad
+    with pytest.raises(
+        ValueError,
+        match=r"reference variable 'x' holds 1 non-finite value\(s\) \(NaN or inf\), the "
+        r"first of them x\[1\] at chain 1, draw 7",
+    ):
+        compare_samplers(
+            _model(), {"LMC": LangevinMC}, reference=_reference(x, rng.random((2, 50)))
+        )
+
+
+def test_reference_without_spread(no_sampling):
+    rng = np.random.default_rng(1)
+    constant = _reference(rng.standard_normal((2, 50, 2)), np.full((2, 50), 0.5))
+    with pytest.raises(ValueError, match="reference variable 's' has no spread"):
+        compare_samplers(_model(), {"LMC": LangevinMC}, reference=constant)
+    single = _reference(rng.standard_normal((1, 1, 2)), rng.random((1, 1)))
+    with pytest.raises(ValueError, match="reference variable 'x' has 1 draw"):
+        compare_samplers(_model(), {"LMC": LangevinMC}, reference=single)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"random_seed": -1}, "random_seed must be an integer >= 0, got -1"),
+        ({"random_seed": 1.5}, "random_seed must be an integer >= 0"),
+        ({"progressbar": 1}, "progressbar must be True or False, got 1"),
+        ({"chains": True}, "chains must be an integer >= 1, got True"),
+    ],
+)
+def test_bad_seed_and_flags(no_sampling, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        compare_samplers(_model(), {"LMC": LangevinMC}, **kwargs)
+
+
+def test_var_names_may_name_deterministics_and_numpy_counts_are_accepted():
+    """Given var_names make the table (a deterministic is a posterior variable too)."""
+    model = _model()
+    with model:
+        pm.Deterministic("x_sum", model["x"].sum())
+    result = compare_samplers(
+        model,
+        {"LMC": LangevinMC},
+        draws=np.int64(20),
+        tune=np.int64(20),
+        chains=np.int64(1),
+        random_seed=np.int64(2),
+        budget="draws",
+        var_names=["x_sum", "s"],
+    )
+    assert list(dict.fromkeys(result.table["variable"])) == ["x_sum", "s"]
+    assert result.summary["draws"].tolist() == [20]
+
+
 # ------------------------------------------------------------------------------ diffusion
 def test_compare_diffusion_table_and_floor():
     """One cheap grid on the 2-D exact testbed: the long table summarises the runs."""
@@ -383,10 +468,25 @@ def test_compare_diffusion_on_the_digits_network():
     [
         ({"testbed": "cifar10"}, ValueError, "unknown testbed 'cifar10'; valid: .*mixture2d"),
         ({"methods": ["euler"]}, ValueError, r"unknown method\(s\) \['euler'\]"),
-        ({"nfes": [0]}, ValueError, "nfes must be a non-empty sequence of integers >= 1"),
+        ({"nfes": [0]}, ValueError, r"nfes\[0\] must be an integer >= 1, got 0"),
+        ({"nfes": []}, ValueError, "nfes is empty; give at least one integer >= 1"),
+        ({"nfes": [10, True]}, ValueError, r"nfes\[1\] must be an integer >= 1, got True"),
+        ({"nfes": [10, 10]}, ValueError, r"nfes lists \[10\] more than once"),
+        ({"nfes": {"ddim": [5, 5]}}, ValueError, r"nfes\['ddim'\] lists \[5\] more than once"),
+        ({"seeds": [0, 0]}, ValueError, r"seeds lists \[0\] more than once"),
+        ({"seeds": [-1]}, ValueError, r"seeds\[0\] must be an integer >= 0"),
+        ({"n_samples": True}, ValueError, "n_samples must be an integer >= 2, got True"),
+        ({"n_samples": 64.0}, ValueError, "n_samples must be an integer >= 2, got 64.0"),
+        ({"methods": "ddim"}, ValueError, "methods must be a list of methods, got the string"),
+        ({"methods": []}, ValueError, "methods is empty; give at least one of: pmm"),
+        ({"methods": ["ddim", "ddim"]}, ValueError, r"methods lists \['ddim'\] more than once"),
+        ({"metrics": "mmd"}, ValueError, "metrics must be a list of metrics, got the string"),
+        ({"metrics": []}, ValueError, "metrics is empty; give at least one of: mmd"),
+        ({"metrics": ["mmd", "fid"]}, ValueError, r"unknown metric\(s\) \['fid'\]"),
+        ({"progressbar": "yes"}, ValueError, "progressbar must be True or False"),
         ({"nfes": {"ddpm": [10]}}, ValueError, "nfes is given per method"),
         ({"n_samples": 1}, ValueError, "n_samples must be an integer >= 2, got 1"),
-        ({"seeds": []}, ValueError, "seeds must be a non-empty sequence"),
+        ({"seeds": []}, ValueError, "seeds is empty; give at least one integer >= 0"),
         ({"metrics": ["fid"]}, ValueError, r"unknown metric\(s\) \['fid'\]"),
         ({"testbed": object()}, TypeError, "testbed must be a name or have eps_model"),
     ],
@@ -401,3 +501,22 @@ def test_compare_diffusion_bad_input(monkeypatch, kwargs, error, match):
     options = {"testbed": "mixture2d", "methods": ["ddim"], "nfes": [10]} | kwargs
     with pytest.raises(error, match=match):
         diffusion.compare_diffusion(options.pop("testbed"), **options)
+
+
+def test_compare_diffusion_accepts_numpy_integers(monkeypatch):
+    """Numpy integers are counts: validation passes and sampling starts."""
+    from pmm_pymc.compare import diffusion
+
+    def fail(*args, **kw):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr(diffusion, "sample", fail)
+    with pytest.raises(AssertionError, match="sampling started"):
+        diffusion.compare_diffusion(
+            "mixture2d",
+            ["ddim"],
+            [np.int64(10)],
+            seeds=[np.int64(0)],
+            n_samples=np.int64(16),
+            metrics=["mmd"],
+        )

@@ -45,6 +45,10 @@ def test_networks_shapes_and_bad_input():
     assert net(x.reshape(5, 64), 3).shape == (5, 64)
     assert clf(x).shape == (5, 10) and clf.features(x).shape == (5, 64)
     assert sinusoidal_embedding(torch.arange(4), 16).shape == (4, 16)
+    with pytest.raises(ValueError, match="dim must be even, got 15"):
+        sinusoidal_embedding(torch.arange(4), 15)
+    with pytest.raises(ValueError, match="dim must be an integer >= 2, got True"):
+        sinusoidal_embedding(torch.arange(4), True)
     with pytest.raises(ValueError, match=r"shape \(B, 64\) or \(B, 1, 8, 8\), got shape \(5, 63\)"):
         net(torch.zeros(5, 63), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match=r"t must have shape \(5,\)"):

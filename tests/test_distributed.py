@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -115,11 +116,20 @@ def test_sample_generators_depend_on_seed_and_index_only():
     [
         (lambda m: distributed.sample(m, (4, 2), seed=0, generator=None), ValueError, "generator"),
         (lambda m: distributed.sample(m, (4, 2), seed=0, x_T=None), ValueError, "x_T"),
-        (lambda m: distributed.sample(m, (0, 2), seed=0), ValueError, "shape must be positive"),
+        (lambda m: distributed.sample(m, (0, 2), seed=0), ValueError, r"shape\[0\] must be an"),
+        (lambda m: distributed.sample(m, (), seed=0), ValueError, "shape must be positive"),
+        (lambda m: distributed.sample(m, (4.5, 2), seed=0), ValueError, r"shape\[0\] must be"),
+        (lambda m: distributed.sample(m, (4, True), seed=0), ValueError, r"shape\[1\] must be"),
+        (lambda m: distributed.sample(m, (4, 2), seed=0, batch_size=True), ValueError, "batch_"),
+        (lambda m: shard_range(5, True, 2), ValueError, "rank must be an integer"),
         (lambda m: distributed.sample(m, 4, seed=0), TypeError, "shape must be a sequence"),
         (lambda m: distributed.sample(m, (4, 2), seed=-1), ValueError, "seed must be"),
         (lambda m: distributed.sample(m, (4, 2), seed=0, batch_size=0), ValueError, "batch_size"),
-        (lambda m: distributed.sample(m, (4, 2), seed=0, dst=1), ValueError, r"dst must be None"),
+        (
+            lambda m: distributed.sample(m, (4, 2), seed=0, dst=1),
+            ValueError,
+            r"dst must be an integer in \[0, 0\]",
+        ),
         (lambda m: distributed.sample(m, (4, 2), seed=0, group=object()), ValueError, "not init"),
         (lambda m: shard_range(5, 2, 2), ValueError, r"rank must be an integer in \[0, 1\]"),
         (lambda m: shard_range(5, 0, 0), ValueError, "world_size must be"),
@@ -129,3 +139,13 @@ def test_sample_generators_depend_on_seed_and_index_only():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call(make_model())
+
+
+def test_numpy_integers_are_accepted_as_counts():
+    """Options go through pmm_pymc._validate: numpy integers count, booleans do not."""
+    assert shard_range(np.int64(5), np.int64(1), np.int64(2)) == shard_range(5, 1, 2)
+    model, shape = make_model(), (np.int64(4), 2)
+    out = distributed.sample(
+        model, shape, "linear", "ddim", seed=0, batch_size=np.int64(2), steps=5
+    )
+    assert out.samples.shape == (4, 2)

@@ -250,6 +250,16 @@ def test_log_density_gap_signs():
         (lambda x, y: log_density_gap(object(), x, y), TypeError, "log_prob"),
         (lambda x, y: median_bandwidth(torch.zeros(5, 2)), ValueError, "all samples coincide"),
         (lambda x, y: median_bandwidth(x, max_points=1), ValueError, "max_points must be"),
+        # booleans and non-integral floats are not counts; booleans are not numbers
+        (lambda x, y: median_bandwidth(x, max_points=2.5), ValueError, "max_points must be"),
+        (lambda x, y: mmd_rbf(x, y, chunk_elements=True), ValueError, "chunk_elements must"),
+        (lambda x, y: mmd_rbf(x, y, chunk_elements=64.0), ValueError, "chunk_elements must"),
+        (lambda x, y: mmd_rbf(x, y, True), ValueError, "bandwidth must be 'median' or a"),
+        (lambda x, y: mmd_rbf(x, y, scale=True), ValueError, "scale must be a finite number"),
+        (lambda x, y: sliced_wasserstein(x, y, True), ValueError, "n_projections must be"),
+        (lambda x, y: sliced_wasserstein(x, y, 2.0), ValueError, "n_projections must be"),
+        (lambda x, y: sliced_wasserstein(x, y, p=True), ValueError, "p must be a finite"),
+        (lambda x, y: random_directions(True, 3), ValueError, "n_projections must be"),
     ],
 )
 def test_bad_input(call, error, match):
@@ -280,3 +290,20 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(frechet_distance(xc, yc).cpu(), frechet_distance(x, y))
     with pytest.raises(ValueError, match="same device"):
         mmd_rbf(xc, y)
+
+
+def test_numpy_scalars_are_accepted_as_options():
+    """Options go through pmm_pymc._validate: numpy scalars are numbers (np.float32 too)."""
+    x, y = normal(10, 3, 0), normal(12, 3, 1)
+    torch.testing.assert_close(
+        mmd_rbf(x, y, np.float32(1.5), scale=np.float32(0.5), chunk_elements=np.int64(64)),
+        mmd_rbf(x, y, 1.5, scale=0.5, chunk_elements=64),
+    )
+    gen = [torch.Generator().manual_seed(0) for _ in range(2)]
+    torch.testing.assert_close(
+        sliced_wasserstein(x, y, np.int64(8), gen[0], p=np.float32(2.0)),
+        sliced_wasserstein(x, y, 8, gen[1], p=2.0),
+    )
+    torch.testing.assert_close(
+        median_bandwidth(x, max_points=np.int64(6)), median_bandwidth(x, max_points=6)
+    )

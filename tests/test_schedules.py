@@ -78,6 +78,11 @@ def test_from_diffusers_bad_input():
         (lambda: DDPMSchedule.linear(10, beta_start=0.1, beta_end=0.01), "beta_start"),
         (lambda: DDPMSchedule.cosine(10, max_beta=1.0), "max_beta"),
         (lambda: DDPMSchedule.cosine(10, s=-1.0), "s must be"),
+        (lambda: DDPMSchedule.cosine(10, s=True), "s must be a finite number"),
+        (lambda: DDPMSchedule.cosine(10, max_beta=True), "max_beta must be a finite number"),
+        (lambda: DDPMSchedule.linear(10, beta_start=float("nan")), "beta_start must be"),
+        (lambda: DDPMSchedule.linear(10, beta_end=True), "beta_end must be a finite number"),
+        (lambda: DDPMSchedule.linear(True), "T must be"),
         (lambda: DDPMSchedule.from_betas([0.1, 1.0]), "in \\(0, 1\\)"),
         (lambda: DDPMSchedule.from_betas([0.1, float("nan")]), "in \\(0, 1\\)"),
         (lambda: DDPMSchedule.from_betas([[0.1, 0.2]]), "1-D"),
@@ -87,6 +92,17 @@ def test_from_diffusers_bad_input():
 def test_schedule_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_schedule_options_accept_numpy_scalars():
+    """Options go through pmm_pymc._validate: numpy scalars are numbers."""
+    a = DDPMSchedule.linear(np.int64(10), beta_start=np.float32(1e-3), beta_end=np.float32(0.02))
+    b = DDPMSchedule.linear(
+        10, beta_start=float(np.float32(1e-3)), beta_end=float(np.float32(0.02))
+    )
+    np.testing.assert_array_equal(a.betas, b.betas)
+    c = DDPMSchedule.cosine(np.int64(10), s=np.float32(0.008), max_beta=np.float64(0.999))
+    assert c.T == 10
 
 
 def test_get_schedule_type_error():

@@ -13,6 +13,7 @@ from pmm_pymc.evaluation.digits import digits_data
 from pmm_pymc.evaluation.testbeds import (
     ExactEpsModel,
     GaussianMixtureTestbed,
+    fit_digits_mixture,
     get_testbed,
     list_testbeds,
 )
@@ -168,6 +169,12 @@ def test_sample_device_dtype_and_reproducibility():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="n must be"):
         tb.sample(0)
+    # counts go through pmm_pymc._validate: numpy integers count, booleans and floats do not
+    for bad in (True, 3.0):
+        with pytest.raises(ValueError, match="n must be an integer >= 1"):
+            tb.sample(bad)
+    c = tb.sample(np.int64(100), torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a, c, rtol=0, atol=0)
 
 
 def test_digits64_is_the_em_fixed_point():
@@ -183,6 +190,25 @@ def test_digits64_is_the_em_fixed_point():
     lam = tb.eigenvalues
     assert lam.min() > 0.0099 and lam.max() > 1.0  # anisotropic: floor 0.01, top ≈ 3
     assert x.min() == -1.0 and x.max() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_components": True}, "n_components must be an integer >= 1, got True"),
+        ({"reg_covar": 0.0}, "reg_covar must be a finite number > 0"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+    ],
+)
+def test_fit_digits_mixture_bad_options(monkeypatch, kwargs, match):
+    import sklearn.mixture
+
+    def no_fit(*args, **kw):
+        raise AssertionError("the fit started")
+
+    monkeypatch.setattr(sklearn.mixture, "GaussianMixture", no_fit)
+    with pytest.raises(ValueError, match=match):
+        fit_digits_mixture(**kwargs)
 
 
 def test_low_rank_and_rank_truncation():
@@ -223,6 +249,8 @@ def test_registry():
         ({"covariances": [[[1.0, 2.0], [2.0, 1.0]]] * 2}, ValueError, "positive definite"),
         ({"covariances": [1.0, float("nan")]}, ValueError, "covariances must be finite"),
         ({"rank": 3}, ValueError, "rank must be an integer in"),
+        ({"rank": True}, ValueError, "rank must be an integer in"),
+        ({"rank": 1.0}, ValueError, "rank must be an integer in"),
         ({"means": "ab"}, TypeError, "means must be array-like"),
     ],
 )

@@ -21,6 +21,8 @@ import pandas as pd
 import xarray as xr
 from scipy.stats import wasserstein_distance
 
+from pmm_pymc._validate import check_int
+
 __all__ = [
     "SAMPLE_DIMS",
     "component_labels",
@@ -288,9 +290,11 @@ def error_curve(
         ``rms_mean_err``, ``max_abs_sd_err``, ``mean_w1``, the errors of
         :func:`reference_errors` reduced over components.
     """
+    n_points = check_int("n_points", n_points, 1)
+    min_draws = check_int("min_draws", min_draws, 1)
     n_draws = posterior.sizes["draw"]
-    lo = max(1, min(min_draws, n_draws))
-    lengths = np.unique(np.geomspace(lo, n_draws, num=max(1, n_points)).round().astype(int))
+    lo = min(min_draws, n_draws)
+    lengths = np.unique(np.geomspace(lo, n_draws, num=n_points).round().astype(int))
     cum = np.cumsum(np.asarray(grad_per_draw.transpose(*SAMPLE_DIMS).values, float), axis=1)
     rows = []
     for n in lengths:

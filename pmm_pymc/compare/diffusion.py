@@ -16,13 +16,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 import xarray as xr
 
-from pmm_pymc.diffusion.sampler import METHODS, sample
-from pmm_pymc.diffusion.schedules import DDPMSchedule, get_schedule
-from pmm_pymc.evaluation import metrics as _metrics
-from pmm_pymc.evaluation.testbeds import get_testbed, list_testbeds
+from pmm_pymc._optional import require
+from pmm_pymc._validate import check_bool, check_int, check_ints, check_names
+
+require("torch", "torch", "pmm_pymc.compare.diffusion (the diffusion comparison)")
+
+import torch  # noqa: E402
+
+from pmm_pymc.diffusion.sampler import METHODS, sample  # noqa: E402
+from pmm_pymc.diffusion.schedules import DDPMSchedule, get_schedule  # noqa: E402
+from pmm_pymc.evaluation import metrics as _metrics  # noqa: E402
+from pmm_pymc.evaluation.testbeds import get_testbed, list_testbeds  # noqa: E402
 
 __all__ = [
     "DIFFUSION_METRICS",
@@ -211,23 +217,6 @@ class DiffusionComparison:
         return xr.DataTree.from_dict(tree)
 
 
-def _check_ints(name: str, values: Any, minimum: int) -> list[int]:
-    if isinstance(values, int | np.integer) and not isinstance(values, bool):
-        values = [values]
-    try:
-        out = [v for v in values]
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of integers, got {values!r}") from None
-    bad = [
-        v for v in out if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum
-    ]
-    if not out or bad:
-        raise ValueError(
-            f"{name} must be a non-empty sequence of integers >= {minimum}, got {values!r}"
-        )
-    return [int(v) for v in out]
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -259,7 +248,7 @@ def compare_diffusion(
     testbed : str or testbed
         A name of :func:`list_diffusion_testbeds` or an object with ``eps_model(schedule)``,
         ``sample(n, generator, device)``, ``log_prob(x)``, ``dim`` and ``name``.
-    methods : sequence of str, default all of :data:`pmm_pymc.diffusion.METHODS`
+    methods : list of str, default all of :data:`pmm_pymc.diffusion.METHODS`
     nfes : sequence of int or mapping of str to sequence of int
         Target network evaluations per sample, of every method (default 10, 20, 50, 80,
         100, 200, 1000), or per method (``{"pmm": [20, 80], "ddpm": [80, 1000]}``; the
@@ -283,8 +272,11 @@ def compare_diffusion(
     Raises
     ------
     ValueError
-        Before any sampling: unknown testbed (the message lists the valid ones), method or
-        metric; empty or non-positive ``nfes`` or ``n_samples``; ``n_samples < 2``.
+        Before any sampling: an unknown testbed (the message lists the valid ones);
+        ``methods`` or ``metrics`` empty, a bare string, or holding an unknown or repeated
+        name; ``nfes`` or ``seeds`` empty, holding a non-integer, a value below 1 (0 for
+        ``seeds``) or a repeated value; ``n_samples`` not an integer >= 2; a
+        ``progressbar`` that is not a bool.
     """
     from tqdm.auto import tqdm
 
@@ -309,29 +301,24 @@ def compare_diffusion(
                 f"reference_samples()) methods, got {testbed!r}"
             )
     name = str(getattr(testbed_obj, "name", testbed))
-    methods = [methods] if isinstance(methods, str) else list(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if not methods or unknown:
-        raise ValueError(f"unknown method(s) {unknown or methods}; valid: {', '.join(METHODS)}")
+    methods = check_names("methods", methods, METHODS, what="method")
     if isinstance(nfes, Mapping):
         if set(nfes) != set(methods):
             raise ValueError(
                 f"nfes is given per method for {sorted(nfes)} but methods are {sorted(methods)}"
             )
-        grid = {m: _check_ints(f"nfes[{m!r}]", nfes[m], 1) for m in methods}
+        grid = {m: check_ints(f"nfes[{m!r}]", nfes[m], 1) for m in methods}
     else:
-        shared = _check_ints("nfes", nfes, 1)
+        shared = check_ints("nfes", nfes, 1)
         grid = {m: shared for m in methods}
-    seeds = _check_ints("seeds", seeds, 0)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) or n_samples < 2:
-        raise ValueError(f"n_samples must be an integer >= 2, got {n_samples!r}")
-    metric_names = _default_metrics(testbed_obj) if metrics is None else list(metrics)
-    unknown = [m for m in metric_names if m not in _default_metrics(testbed_obj)]
-    if not metric_names or unknown:
-        raise ValueError(
-            f"unknown metric(s) {unknown or metric_names}; valid for this testbed: "
-            f"{', '.join(_default_metrics(testbed_obj))}"
-        )
+    seeds = check_ints("seeds", seeds, 0)
+    n_samples = check_int("n_samples", n_samples, 2)
+    progressbar = check_bool("progressbar", progressbar)
+    metric_names = (
+        _default_metrics(testbed_obj)
+        if metrics is None
+        else check_names("metrics", metrics, _default_metrics(testbed_obj), what="metric")
+    )
     device = torch.device(device or "cpu")
     schedule = get_schedule(schedule)
     T = schedule.T

@@ -23,7 +23,7 @@ import xarray as xr
 from pymc.initial_point import make_initial_point_fns_per_chain
 from pymc.step_methods.compound import BlockedStep, CompoundStep
 
-from pmm_pymc._validate import check_int
+from pmm_pymc._validate import check_bool, check_int, check_names
 from pmm_pymc.compare.diagnostics import (
     error_curve,
     gradient_evaluations,
@@ -143,6 +143,18 @@ def _reports_gradients(step: Step) -> bool:
         names.update(getattr(method, "stats_dtypes_shapes", {}) or {})
     # NUTS calls it ``tree_size``; PyMC renames it to ``n_steps`` in the DataTree.
     return bool(names & {"n_steps", "tree_size"})
+
+
+def _check_var_names(model: pm.Model, var_names: Any, ref: xr.Dataset | None) -> list[str]:
+    """The variables of the table: given ones (each in the posterior), or the default."""
+    if var_names is None:
+        names = [rv.name for rv in model.free_RVs]
+        if ref is not None:
+            names += [str(v) for v in ref.data_vars if str(v) not in names]
+        return names
+    # What pm.sample puts in the posterior: free variables and deterministics.
+    valid = [rv.name for rv in model.free_RVs] + [v.name for v in model.deterministics]
+    return check_names("var_names", var_names, valid, what="variable")
 
 
 def _check_reference(model: pm.Model, reference: Any) -> xr.Dataset:
@@ -331,8 +343,9 @@ def compare_samplers(
     cores : int, default 1
         Passed to :func:`pymc.sample`. The default runs the chains one after the other, so
         that the wall times of the samplers compare.
-    var_names : iterable of str, optional
-        Variables in the table; default the free variables and the reference's variables.
+    var_names : list of str, optional
+        Variables in the table, each a free variable or a deterministic of the model;
+        default the free variables and the reference's variables.
     progressbar : bool, default False
         Show a tqdm bar over the :func:`pymc.sample` runs.
 
@@ -348,8 +361,11 @@ def compare_samplers(
     ValueError
         Before any sampling: ``draws`` or ``chains`` < 1, ``tune`` < 0, an invalid
         ``budget``, a model with no continuous free variable, a step bound to another model,
-        a sampler that reports no gradient evaluations with a gradient budget, or reference
-        draws whose variable names or shapes do not match the model.
+        a sampler that reports no gradient evaluations with a gradient budget, reference
+        draws whose variable names or shapes do not match the model or that hold a NaN or
+        infinite value (:func:`pmm_pymc.evaluation.posteriors.check_reference_matches`),
+        ``var_names`` empty, a bare string, or naming a variable the posterior will not
+        hold (every unknown name is refused, none is dropped), a negative ``random_seed``.
 
     Examples
     --------
@@ -374,6 +390,9 @@ def compare_samplers(
     tune = check_int("tune", tune, 0)
     cores = check_int("cores", cores, 1)
     budget = _check_budget(budget)
+    if random_seed is not None:
+        random_seed = check_int("random_seed", random_seed, 0)
+    progressbar = check_bool("progressbar", progressbar)
     if not isinstance(model, pm.Model):
         raise TypeError(f"model must be a pymc.Model, got {type(model).__name__}")
     if not model.continuous_value_vars:
@@ -395,12 +414,7 @@ def compare_samplers(
                 f"budget={budget!r} needs each sampler's gradient evaluations (an 'n_steps' "
                 f"statistic), and {silent} report none; use budget='draws'"
             )
-    if var_names is None:
-        names = [rv.name for rv in model.free_RVs]
-        if ref is not None:
-            names += [str(v) for v in ref.data_vars if str(v) not in names]
-    else:
-        names = list(var_names)
+    names = _check_var_names(model, var_names, ref)
     initvals = jittered_initvals(model, chains, random_seed)
 
     # budget="gradients": the first sampler's cost sets the budget; an int sets it directly.

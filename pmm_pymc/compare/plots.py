@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from pmm_pymc._validate import check_int
+
 __all__ = [
     "plot_ess_evolution",
     "plot_error_vs_cost",
@@ -72,6 +74,7 @@ def _save_collection(pc, path: Path, title: str | None = None) -> Path:
 
 def _limited(dt: xr.DataTree, var_names: Sequence[str], max_components: int) -> dict:
     """Coords that keep at most ``max_components`` entries of each variable's first dim."""
+    max_components = check_int("max_components", max_components, 1)
     posterior = dt["posterior"].to_dataset()
     coords: dict[str, list] = {}
     for var in var_names:

@@ -18,6 +18,8 @@ The traces are written with :meth:`xarray.DataTree.to_netcdf`, which needs a net
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from pmm_pymc._validate import check_bool
 from pmm_pymc.compare import plots
 
 if TYPE_CHECKING:
@@ -96,12 +99,17 @@ def check_netcdf_engine() -> str:
 
 
 def check_output_dir(path: str | Path, *, overwrite: bool = False) -> Path:
-    """Make sure ``path`` can receive a report without clobbering another one.
+    """Make sure ``path`` can receive a report, before any work is done; leave nothing behind.
+
+    The folder must be absent, empty, or (with ``overwrite``) a folder; missing folders
+    must be creatable, and the folder must be writable: a probe file is written in it and
+    removed. Folders this check creates are removed again, so a refused or failed run leaves
+    no trace; the report writers create the folder.
 
     Parameters
     ----------
     path : str or pathlib.Path
-        The output folder; created if missing.
+        The output folder.
     overwrite : bool, default False
         Allow an existing non-empty folder (files of the same name are replaced, others
         are left alone).
@@ -114,16 +122,51 @@ def check_output_dir(path: str | Path, *, overwrite: bool = False) -> Path:
     ------
     FileExistsError
         If ``path`` exists, is not empty and ``overwrite`` is False, or is a file.
+    NotADirectoryError
+        If a parent of ``path`` is a file.
+    OSError
+        If the folder cannot be created or written (``PermissionError``,
+        ``FileNotFoundError`` for a root that cannot hold it, a read-only file system, a
+        full disk...); the message names the folder and the reason.
     """
+    overwrite = check_bool("overwrite", overwrite)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"output path {str(path)!r} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"output directory {str(path)!r} exists and is not empty; choose another one or "
-            "pass --overwrite (overwrite=True)"
+    created: list[Path] = []  # the folders to make, deepest first
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        created.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"cannot create output directory {str(path)!r}: {str(existing)!r} is a file"
         )
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        if not created and any(path.iterdir()) and not overwrite:
+            raise FileExistsError(
+                f"output directory {str(path)!r} exists and is not empty; choose another one "
+                "or pass --overwrite (overwrite=True)"
+            )
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            handle, probe = tempfile.mkstemp(dir=path, prefix=".pmm-compare-probe-")
+            try:
+                os.write(handle, b"probe")
+            finally:
+                os.close(handle)
+                os.unlink(probe)
+        except OSError as err:
+            action = "create" if created else "write to"
+            raise type(err)(
+                f"cannot {action} output directory {str(path)!r}: {err.strerror or err}"
+            ) from err
+    finally:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
     return path
 
 
@@ -264,7 +307,8 @@ def write_mcmc_report(
     results : mapping of str to SamplerComparison
         Posterior (or model) name to its comparison.
     out : str or pathlib.Path
-        Output folder (see :func:`check_output_dir`; this function does not check it).
+        Output folder, created if missing (see :func:`check_output_dir`; this function
+        does not check it).
     title : str
         Heading of ``report.md``.
     command : str, optional
@@ -281,6 +325,8 @@ def write_mcmc_report(
     """
     from tqdm.auto import tqdm
 
+    make_plots = check_bool("make_plots", make_plots)
+    progressbar = check_bool("progressbar", progressbar)
     engine = check_netcdf_engine()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -342,7 +388,8 @@ def write_diffusion_report(
     result : DiffusionComparison
         What :func:`~pmm_pymc.compare.compare_diffusion` returned.
     out : str or pathlib.Path
-        Output folder (see :func:`check_output_dir`; this function does not check it).
+        Output folder, created if missing (see :func:`check_output_dir`; this function
+        does not check it).
     title : str, optional
         Heading of ``report.md``.
     command : str, optional
@@ -357,6 +404,7 @@ def write_diffusion_report(
     pathlib.Path
         The path of ``report.md``.
     """
+    make_plots = check_bool("make_plots", make_plots)
     engine = check_netcdf_engine()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -387,17 +435,18 @@ def write_diffusion_report(
         )
         lines += [f"![metric against NFE]({png.name})", ""]
     for metric, rows in result.table.groupby("metric", sort=False):
-        wide = rows.pivot_table(index=["method", "target_nfe"], values=["nfe", "mean", "sd"])
+        # dropna=False: with one seed the sd is NaN, and pivot_table would drop its column
+        wide = rows.pivot_table(
+            index=["method", "target_nfe"], values=["nfe", "mean", "sd"], dropna=False
+        )
         wide = wide.reset_index()[["method", "target_nfe", "nfe", "mean", "sd"]]
         lines += [f"## {metric}", ""]
         if result.floor is not None:
             floor = result.floor[result.floor["metric"] == metric]
             if len(floor):
-                lines += [
-                    f"Exact against exact: {floor['mean'].iloc[0]:.4g} ± "
-                    f"{floor['sd'].iloc[0]:.2g}.",
-                    "",
-                ]
+                sd = float(floor["sd"].iloc[0])
+                spread = f" ± {sd:.2g}" if np.isfinite(sd) else " (one seed: no sd)"
+                lines += [f"Exact against exact: {floor['mean'].iloc[0]:.4g}{spread}.", ""]
         lines += [
             markdown_table(
                 wide,

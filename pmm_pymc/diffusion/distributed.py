@@ -118,10 +118,8 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     hold the larger ones.
     """
     n = check_int("n", n, 0)
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an integer in [0, {world_size - 1}], got {rank!r}")
+    world_size = check_int("world_size", world_size, 1)
+    rank = check_int("rank", rank, 0, world_size - 1)
     base, extra = divmod(n, world_size)
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
@@ -218,23 +216,20 @@ def sample(
     if "x_T" in kwargs:
         raise ValueError("x_T is drawn per sample from seed; pass shape, not x_T")
     try:
-        shape = tuple(int(s) for s in shape)
+        dims = list(shape)
     except TypeError as err:
         raise TypeError(f"shape must be a sequence of ints, got {type(shape)!r}") from err
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be positive integers (n_samples, *event), got {shape}")
+    if not dims:
+        raise ValueError(f"shape must be positive integers (n_samples, *event), got {shape!r}")
+    shape = tuple(check_int(f"shape[{i}]", s, 1) for i, s in enumerate(dims))
     n = shape[0]
     rank, world_size = _rank_and_size(group)
     if n < world_size:
         raise ValueError(f"n_samples={n} is smaller than the number of ranks ({world_size})")
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if dst is not None and (
-        isinstance(dst, bool) or not isinstance(dst, int) or not 0 <= dst < world_size
-    ):
-        raise ValueError(f"dst must be None or a rank in [0, {world_size - 1}], got {dst!r}")
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, 1)
+    if dst is not None:
+        dst = check_int("dst", dst, 0, world_size - 1)
 
     start, stop = shard_range(n, rank, world_size)
     step = batch_size or (stop - start)

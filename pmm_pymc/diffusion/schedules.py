@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pmm_pymc._validate import check_int
+from pmm_pymc._validate import check_int, check_real
 
 __all__ = ["DDPMSchedule", "get_schedule"]
 
@@ -95,7 +95,9 @@ class DDPMSchedule:
         DDPMSchedule
         """
         T = check_int("T", T, 1)
-        if not (0.0 < beta_start <= beta_end < 1.0):
+        beta_start = check_real("beta_start", beta_start, gt=0, lt=1)
+        beta_end = check_real("beta_end", beta_end, gt=0, lt=1)
+        if beta_start > beta_end:
             raise ValueError(
                 "need 0 < beta_start <= beta_end < 1, got "
                 f"beta_start={beta_start!r}, beta_end={beta_end!r}"
@@ -123,10 +125,8 @@ class DDPMSchedule:
         DDPMSchedule
         """
         T = check_int("T", T, 1)
-        if not s >= 0.0:
-            raise ValueError(f"s must be >= 0, got {s!r}")
-        if not 0.0 < max_beta < 1.0:
-            raise ValueError(f"max_beta must be in (0, 1), got {max_beta!r}")
+        s = check_real("s", s, ge=0)
+        max_beta = check_real("max_beta", max_beta, gt=0, lt=1)
 
         def abar(u: np.ndarray) -> np.ndarray:
             return np.cos((u + s) / (1.0 + s) * math.pi / 2.0) ** 2

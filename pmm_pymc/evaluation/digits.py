@@ -23,8 +23,14 @@ from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from torch import nn
+
+from pmm_pymc._optional import require
+from pmm_pymc._validate import check_int, check_real
+
+require("torch", "torch", "pmm_pymc.evaluation.digits")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 __all__ = [
     "DigitClassifier",
@@ -95,6 +101,10 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0
     -------
     torch.Tensor, float32, shape (B, dim)
     """
+    dim = check_int("dim", dim, 2)
+    if dim % 2:
+        raise ValueError(f"dim must be even, got {dim}")
+    max_period = check_real("max_period", max_period, gt=0)
     half = dim // 2
     freqs = torch.exp(
         -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half

@@ -24,11 +24,15 @@ chunks, never over samples.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
-import torch
+from pmm_pymc._optional import require
+from pmm_pymc._validate import check_int, check_real
+
+require("torch", "torch", "pmm_pymc.evaluation.metrics")
+
+import torch  # noqa: E402
 
 __all__ = [
     "energy_distance",
@@ -76,9 +80,7 @@ def _pair(x: Any, y: Any, min_n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_chunk(chunk_elements: int) -> int:
-    if int(chunk_elements) != chunk_elements or chunk_elements < 1:
-        raise ValueError(f"chunk_elements must be an integer >= 1, got {chunk_elements!r}")
-    return int(chunk_elements)
+    return check_int("chunk_elements", chunk_elements, 1)
 
 
 # ------------------------------------------------------------- pairwise sums
@@ -135,8 +137,7 @@ def median_bandwidth(
     torch.Tensor
         A 0-dim tensor, the bandwidth ``sigma`` of ``exp(-|a - b|^2 / (2 sigma^2))``.
     """
-    if int(max_points) != max_points or max_points < 2:
-        raise ValueError(f"max_points must be an integer >= 2, got {max_points!r}")
+    max_points = check_int("max_points", max_points, 2)
     if y is None:
         pool = _as_samples("x", x)[:max_points]
     else:
@@ -195,16 +196,23 @@ def mmd_rbf(
     """
     x, y = _pair(x, y)
     chunk = _check_chunk(chunk_elements)
-    if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    scale = check_real("scale", scale, gt=0)
     if isinstance(bandwidth, str):
         if bandwidth != "median":
             raise ValueError(f"bandwidth must be 'median' or a number > 0, got {bandwidth!r}")
         h = median_bandwidth(x, y)
-    else:
-        h = torch.as_tensor(bandwidth, dtype=x.dtype, device=x.device)
+    elif torch.is_tensor(bandwidth):
+        h = bandwidth.to(dtype=x.dtype, device=x.device)
         if h.ndim != 0 or not bool(torch.isfinite(h)) or not bool(h > 0):
             raise ValueError(f"bandwidth must be 'median' or a number > 0, got {bandwidth!r}")
+    else:
+        try:
+            value = check_real("bandwidth", bandwidth, gt=0)
+        except ValueError:
+            raise ValueError(
+                f"bandwidth must be 'median' or a number > 0, got {bandwidth!r}"
+            ) from None
+        h = torch.as_tensor(value, dtype=x.dtype, device=x.device)
     gamma = 1.0 / (2.0 * (scale * h) ** 2)
     center = torch.cat([x, y]).mean(0)
     x, y = x - center, y - center
@@ -271,6 +279,8 @@ def random_directions(
     -------
     torch.Tensor, shape (n_projections, dim)
     """
+    n_projections = check_int("n_projections", n_projections, 1)
+    dim = check_int("dim", dim, 1)
     theta = torch.randn(n_projections, dim, generator=generator, **kw)
     return theta / theta.norm(dim=1, keepdim=True)
 
@@ -312,13 +322,11 @@ def sliced_wasserstein(
         0-dim, >= 0.
     """
     x, y = _pair(x, y)
-    if int(n_projections) != n_projections or n_projections < 1:
-        raise ValueError(f"n_projections must be an integer >= 1, got {n_projections!r}")
-    if not (isinstance(p, int | float) and math.isfinite(p) and p >= 1):
-        raise ValueError(f"p must be a finite number >= 1, got {p!r}")
+    n_projections = check_int("n_projections", n_projections, 1)
+    p = check_real("p", p, ge=1)
     draw_device = generator.device if generator is not None else x.device
     theta = random_directions(
-        int(n_projections), x.shape[1], generator, device=draw_device, dtype=x.dtype
+        n_projections, x.shape[1], generator, device=draw_device, dtype=x.dtype
     ).to(x.device)
     px = torch.sort(x @ theta.T, dim=0).values  # (n, L)
     py = torch.sort(y @ theta.T, dim=0).values  # (m, L)

@@ -418,7 +418,7 @@ def _model_variable_shapes(model: pm.Model) -> dict[str, tuple[int, ...]]:
 
 
 def check_reference_matches(model: pm.Model, reference: xr.DataTree | xr.Dataset) -> None:
-    """Check that every reference variable is a model variable of the same shape.
+    """Check that every reference variable is a model variable of the same shape, with finite draws.
 
     Call it before sampling: a comparison against reference draws is meaningless when a
     name or a shape differs.
@@ -439,7 +439,9 @@ def check_reference_matches(model: pm.Model, reference: xr.DataTree | xr.Dataset
     ValueError
         If the reference has no ``posterior`` group, lacks the ``chain``/``draw`` dims or
         has no variables, or if a reference variable is missing from the model (free
-        variable or deterministic) or has another shape; the message names the variable.
+        variable or deterministic), has another shape, holds a NaN or infinite value or
+        has a component with no spread (one value in every draw, or a single draw); the
+        message names the variable.
     """
     if not isinstance(model, pm.Model):
         raise TypeError(f"model must be a pymc.Model, got {type(model).__name__}")
@@ -477,3 +479,31 @@ def check_reference_matches(model: pm.Model, reference: xr.DataTree | xr.Dataset
                 f"reference variable {var_name!r} has shape {ref_shape} per draw but the "
                 f"model variable has shape {shapes[var_name]}"
             )
+        _check_reference_values(str(var_name), values)
+
+
+def _check_reference_values(var_name: str, values: xr.DataArray) -> None:
+    """Every value finite and every component spread out: errors are in units of its sd."""
+    draws = np.asarray(values.values, dtype=float)
+    bad = ~np.isfinite(draws)
+    if bad.any():
+        chain, draw, *index = (int(i) for i in np.argwhere(bad)[0])
+        where = f"{var_name}{list(index) if index else ''} at chain {chain}, draw {draw}"
+        raise ValueError(
+            f"reference variable {var_name!r} holds {int(bad.sum())} non-finite value(s) "
+            f"(NaN or inf), the first of them {where}; drop or fix those draws"
+        )
+    flat = draws.reshape(-1, *draws.shape[2:])
+    if flat.shape[0] < 2:
+        raise ValueError(
+            f"reference variable {var_name!r} has {flat.shape[0]} draw(s); errors are measured "
+            "in units of the reference sd, which needs at least 2"
+        )
+    constant = np.argwhere(flat.std(axis=0) == 0)
+    if len(constant):
+        index = [int(i) for i in constant[0]]
+        raise ValueError(
+            f"reference variable {var_name!r} has no spread: {var_name}{index if index else ''} "
+            f"takes one value in all {flat.shape[0]} draws, and errors are measured in units "
+            "of the reference sd"
+        )

@@ -53,7 +53,13 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-import torch
+
+from pmm_pymc._optional import require
+from pmm_pymc._validate import check_int, check_real
+
+require("torch", "torch", "pmm_pymc.evaluation.testbeds")
+
+import torch  # noqa: E402
 
 __all__ = [
     "ExactEpsModel",
@@ -149,9 +155,7 @@ class GaussianMixtureTestbed:
         lam, U = lam.flip(-1), U.flip(-1)  # descending
         sig2 = torch.zeros(K, dtype=torch.float64)
         if rank is not None:
-            if int(rank) != rank or not 1 <= rank <= d:
-                raise ValueError(f"rank must be an integer in [1, {d}], got {rank!r}")
-            rank = int(rank)
+            rank = check_int("rank", rank, 1, d)
             if rank < d:
                 sig2 = lam[:, rank:].mean(-1)
                 lam, U = lam[:, :rank], U[:, :, :rank]
@@ -467,9 +471,7 @@ class GaussianMixtureTestbed:
         -------
         torch.Tensor, shape (n, d)
         """
-        if int(n) != n or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        n = int(n)
+        n = check_int("n", n, 1)
         draw_device = generator.device if generator is not None else torch.device(device or "cpu")
         out_device = torch.device(device) if device is not None else draw_device
         w, mu, U, lam, sig2 = (
@@ -608,6 +610,9 @@ def fit_digits_mixture(
     -------
     GaussianMixtureTestbed
     """
+    n_components = check_int("n_components", n_components, 1)
+    reg_covar = check_real("reg_covar", reg_covar, gt=0)
+    seed = check_int("seed", seed, 0)
     from sklearn.mixture import GaussianMixture
 
     from pmm_pymc.evaluation.digits import digits_data
