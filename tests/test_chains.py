@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import warnings
 
 import numpy as np
@@ -495,3 +496,77 @@ def test_unvectorisable_graph_falls_back_to_per_chain_calls(gauss, monkeypatch):
     with pytest.warns(UserWarning, match="could not be vectorised"):
         got = sample_chains(gauss, **kw).posterior["x"].values
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+# --- nothing lost, nothing silent ------------------------------------------------------------
+
+_INTERRUPTED_SCRIPT = r"""
+import os, signal, sys, threading, time
+import numpy as np
+import pymc as pm
+from pmm_pymc.mcmc.chains import sample_chains
+
+with pm.Model() as model:
+    pm.Normal("x", 0.0, 1.0, shape=3)
+sample_chains(model, chains=4, draws=2, tune=0, random_seed=0)  # compile before the clock
+print("ready", flush=True)
+# a real SIGINT from another thread, as Ctrl-C sends it, once sampling is under way
+threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+idata = sample_chains(model, chains=4, draws=10**7, tune=50, random_seed=1)
+post = idata["posterior"]
+print("draws", post.sizes["draw"], "chains", post.sizes["chain"],
+      "interrupted", idata["sample_stats"].attrs["interrupted"],
+      "finite", bool(np.isfinite(post["x"].values).all()), flush=True)
+"""
+
+
+def test_ctrl_c_keeps_the_draws_made_so_far(tmp_path):
+    """A real SIGINT in a real process: sample_chains returns what it has, with a warning."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(_INTERRUPTED_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1].split()
+    fields = dict(zip(last[::2], last[1::2]))
+    assert 0 < int(fields["draws"]) < 10**7 and fields["chains"] == "4"
+    assert fields["interrupted"] == "1" and fields["finite"] == "True"
+    assert "sample_chains was interrupted after" in done.stderr
+    assert "each of the 4 chains has" in done.stderr
+
+
+def test_convergence_checks_warn_as_pm_sample_does(caplog):
+    """A start far out and a short warm-up: the chains have not met, and PyMC's own checks
+    say so (R-hat) instead of returning a wrong posterior silently."""
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0.0, 100.0)
+        sigma = pm.HalfNormal("sigma", 1.0)
+        pm.Normal("y", mu, sigma, observed=np.random.default_rng(0).normal(0.0, 0.7, 50))
+    with caplog.at_level(logging.INFO, logger="pymc"):
+        sample_chains(
+            model,
+            chains=4,
+            draws=200,
+            tune=0,
+            initvals={"mu": 100.0},
+            step_size=1e-4,
+            random_seed=0,
+        )
+    assert "rhat statistic is larger" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pymc"):
+        sample_chains(
+            model,
+            chains=4,
+            draws=200,
+            tune=0,
+            initvals={"mu": 100.0},
+            step_size=1e-4,
+            random_seed=0,
+            compute_convergence_checks=False,
+        )
+    assert "rhat" not in caplog.text
