@@ -377,15 +377,17 @@ def test_adaptation_windows_follow_stan():
 
 
 @pytest.mark.parametrize("kind", ["diag", "dense"])
-def test_warmup_pools_rows_with_chans_merge(kind):
-    """The window's moments of rows pooled over iterations equal numpy's on all of them."""
+def test_warmup_pools_the_window_within_rows(kind):
+    """The window's covariances are each row's draws about that row's own mean, pooled
+    over the rows (the spread between rows is left out), as numpy computes them."""
     rng = np.random.default_rng(0)
-    rows = rng.normal(size=(7, 50, 3)) * [1.0, 2.0, 3.0] + 5.0
+    rows = rng.normal(size=(7, 50, 3)) * [1.0, 2.0, 3.0] + rng.normal(size=(1, 50, 3)) * 10
     warmup = Warmup(3, step_size=0.1, adapt_step_size=False, target_accept=0.9, precondition=kind)
     for block in rows:
         warmup._accumulate(LangevinState(block, np.zeros(50), 2 * block))
     cov_x, cov_g = warmup._covariances()
-    want = np.cov(rows.reshape(-1, 3), rowvar=False)
+    centred = (rows - rows.mean(axis=0)).reshape(-1, 3)
+    want = centred.T @ centred / (7 * 50 - 50)
     if kind == "diag":
         want = np.diag(want)
     np.testing.assert_allclose(cov_x, want, rtol=1e-12)

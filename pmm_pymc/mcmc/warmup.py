@@ -490,8 +490,8 @@ class Warmup(WithSamplingState):
     n_restarts : numpy.ndarray of int, shape (B,) or None
         Restarts of each row so far (after the first :meth:`update`).
     late_restarts : int
-        Restarts after the initial interval: rows that went stray after the transient
-        from the start was over (a spurious mode, rather than a far start).
+        Restarts at the end of the last slow window: rows still stray after most of the
+        warm-up (a spurious mode, rather than a far start or a slow transient).
     """
 
     _state_class = WarmupState
@@ -740,7 +740,7 @@ class Warmup(WithSamplingState):
         self.lp_trace[lost] = self.lp_trace[source]
         self.accept_trace[lost] = self.accept_trace[source]
         self.n_restarts[lost] += 1
-        if self.iteration > (self.windows[0][0] if self.windows else 0):
+        if self.windows and self.iteration == self.windows[-1][1]:
             self.late_restarts += lost.size
         if self.per_row_step:  # a restarted row takes its source's step size too
             self.step_size[lost] = self.step_size[source]
