@@ -98,6 +98,12 @@ MAX_STABLE_STIFFNESS = 1.0
 CHAIN_PER_NFE = 5
 #: Largest secant gain of a midpoint correction PMM keeps (see :func:`sample_pmm`).
 DEFAULT_MAX_GAIN = 1.0
+#: ``parameterization="auto"`` freezes the predicted clean sample below this NFE budget and
+#: the predicted noise from it (chosen on digits64 and aniso64, docs/results-diffusion.md).
+X0_BELOW_NFE = 40
+#: Below this budget the default PMM layout is its base chain itself (blocks of one step):
+#: with so few blocks, the midpoint call costs more than it corrects (digits64, aniso64).
+BASE_CHAIN_BELOW_NFE = 15
 
 Callback = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor], None]
 
@@ -163,6 +169,7 @@ class Network:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, where: str) -> torch.Tensor:
         """The model's ε at ``(x, t)``, checked; ``where`` names the step for the errors."""
+        self.check_state(x, where)
         out = self.model(x.to(self.model_dtype), t)
         if not torch.is_tensor(out):
             hint = (
@@ -183,11 +190,11 @@ class Network:
         return out
 
     def check_state(self, x: torch.Tensor, where: str) -> None:
-        """Flag a non-finite state after ``where`` (the model's outputs were finite)."""
+        """Flag a non-finite state at ``where`` (the model's outputs so far were finite)."""
         self._check(
             x,
             f"the state became NaN or inf at {where} although the model's outputs were "
-            "finite: the step overflowed (a model output too large for the state dtype?)",
+            "finite: a step overflowed (outputs or a start too large for the state dtype?)",
         )
 
     def _check(self, value: torch.Tensor, message: str) -> None:
@@ -571,7 +578,7 @@ def sample(
     blocks: Sequence[int] | str | None = None,
     nfe: float | None = None,
     data_var: float = DEFAULT_DATA_VAR,
-    parameterization: str = "eps",
+    parameterization: str = "auto",
     max_gain: float | None = DEFAULT_MAX_GAIN,
     eta: float = 0.0,
     variance: str = "beta_tilde",
@@ -619,12 +626,16 @@ def sample(
         PMM: the data variance ``v`` of the ``"stiffness"`` policy (the
         thinnest direction whose spread matters, in the model's units) and of
         the stability warning.
-    parameterization : {"eps", "x0"}, default "eps"
+    parameterization : {"auto", "eps", "x0"}, default "auto"
         PMM: the drift frozen through a block, the predicted noise (the
         scheme as published) or the predicted clean sample
         ``(x - sigma_t eps) / alpha_t`` (the exponential integrator of the
         data-prediction SDE; :func:`pmm_pymc.diffusion.layout.x0_coefficients`).
-        The fine chain is the same.
+        The fine chain is the same. ``"auto"``: ``"x0"`` for an NFE budget
+        below 40, ``"eps"`` otherwise (and with ``K`` or a list of blocks).
+        With a budget below 15 and no ``steps`` or ``blocks`` given, the
+        default layout is the base chain itself, ``floor(nfe)`` steps of one
+        call each (too few blocks for a midpoint call to pay for itself).
     max_gain : float or None, default 1.0
         PMM: the stability guard of :func:`sample_pmm`. A sample whose
         midpoint correction in a block amplifies its displacement by more
@@ -673,7 +684,8 @@ def sample(
     Warns
     -----
     RuntimeWarning
-        With the guard off (``max_gain=None``), when a PMM block is stiffer
+        With the guard off (``max_gain=None``) and ``parameterization="eps"``,
+        when a PMM block is stiffer
         than 1 (:func:`block_stiffness`): such layouts diverged or
         over-dispersed on the digits64 testbed.
 
@@ -704,12 +716,16 @@ def sample(
     spacing = check_choice("spacing", spacing, SPACINGS)
     data_var = check_real("data_var", data_var, gt=0)
     eta = check_real("eta", eta, ge=0)
-    parameterization = check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+    parameterization = check_choice(
+        "parameterization", parameterization, ("auto", *PARAMETERIZATIONS)
+    )
     if max_gain is not None:
         max_gain = check_real("max_gain", max_gain, gt=0)
     if method != "pmm" and (K is not None or blocks is not None or nfe is not None):
         raise ValueError(f"K, blocks and nfe are options of method='pmm', not {method!r}")
-    steps, layout_of = _chain_and_layout(method, T, steps, K, blocks, nfe)
+    steps, layout_of, budget = _chain_and_layout(method, T, steps, K, blocks, nfe)
+    if parameterization == "auto":
+        parameterization = "x0" if budget is not None and budget < X0_BELOW_NFE else "eps"
     x, source, net = _start(model, x_T, generator, device, dtype)
 
     if method == "dpmsolver++":
@@ -737,7 +753,7 @@ def sample(
     )
     if method == "ddpm":
         return sample_ddpm(net, x, plan, source, schedule, callback=callback, progress=progress)
-    if max_gain is None and max(layout) > 1:
+    if max_gain is None and parameterization == "eps" and max(layout) > 1:
         _warn_if_stiff(layout, schedule, grid, data_var)
     return sample_pmm(
         net, x, plan, source, schedule, max_gain=max_gain, callback=callback, progress=progress
@@ -751,18 +767,19 @@ def _chain_and_layout(
     K: Any,
     blocks: Any,
     nfe: Any,
-) -> tuple[int, Callable[[DDPMSchedule, np.ndarray, float], tuple[int, ...]]]:
-    """The chain length, and the block layout as a function of the grid (checked up front)."""
+) -> tuple[int, Callable[[DDPMSchedule, np.ndarray, float], tuple[int, ...]], float | None]:
+    """The chain length, the block layout as a function of the grid (checked up front), and
+    PMM's NFE budget (None with ``K`` or a list of blocks)."""
     one_step = lambda schedule, grid, data_var: (1,) * len(grid)  # noqa: E731
     if method != "pmm":
         steps = min(50, T) if steps is None else steps
-        return check_int("steps", steps, 1, T), one_step
+        return check_int("steps", steps, 1, T), one_step, None
     if K is not None and (blocks is not None or nfe is not None):
         raise ValueError("give K, or blocks and/or nfe, not both")
     if K is not None:
         steps = check_int("steps", T if steps is None else steps, 1, T)
         k = check_int("K", K, 1, steps)
-        return steps, lambda schedule, grid, data_var: pmm_blocks(steps, K=k)
+        return steps, lambda schedule, grid, data_var: pmm_blocks(steps, K=k), None
     if blocks is not None and not isinstance(blocks, str):
         if nfe is not None:
             raise ValueError("give a list of blocks or an nfe budget, not both")
@@ -773,15 +790,22 @@ def _chain_and_layout(
                 raise TypeError(f"blocks must be a sequence of integers, got {blocks!r}") from err
         steps = check_int("steps", steps, 1, T)
         layout = validate_blocks(blocks, steps)
-        return steps, lambda schedule, grid, data_var: layout
+        return steps, lambda schedule, grid, data_var: layout, None
     policy = check_choice("blocks", DEFAULT_POLICY if blocks is None else blocks, BLOCK_POLICIES)
     budget = check_real("nfe", DEFAULT_NFE if nfe is None else nfe, ge=1)
-    steps = check_int(
-        "steps", min(T, int(CHAIN_PER_NFE * budget)) if steps is None else steps, 1, T
-    )
-    return steps, lambda schedule, grid, data_var: pmm_blocks(
-        steps, nfe=budget, policy=policy, schedule=schedule, timesteps=grid, data_var=data_var
-    )
+    if steps is None and blocks is None and budget < BASE_CHAIN_BELOW_NFE:
+        steps = min(T, int(budget))
+        return steps, one_step, budget
+    if steps is None:
+        steps = min(T, int(CHAIN_PER_NFE * budget))
+    steps = check_int("steps", steps, 1, T)
+
+    def layout(schedule: DDPMSchedule, grid: np.ndarray, data_var: float) -> tuple[int, ...]:
+        return pmm_blocks(
+            steps, nfe=budget, policy=policy, schedule=schedule, timesteps=grid, data_var=data_var
+        )
+
+    return steps, layout, budget
 
 
 def _warn_if_stiff(
