@@ -94,16 +94,14 @@ _HALF = (torch.float16, torch.bfloat16)
 DEFAULT_NFE = 80
 #: Largest block stiffness (:func:`block_stiffness`) PMM runs without a warning.
 MAX_STABLE_STIFFNESS = 1.0
-#: With an NFE budget, PMM's chain has ``min(T, CHAIN_PER_NFE * nfe)`` steps by default.
-CHAIN_PER_NFE = 5
+#: With an NFE budget, PMM's chain has ``min(T, CHAIN_PER_NFE[parameterization] * nfe)``
+#: steps by default (chosen on digits64 and aniso64, docs/results-diffusion.md).
+CHAIN_PER_NFE = {"eps": 5.0, "x0": 1.25}
 #: Largest secant gain of a midpoint correction PMM keeps (see :func:`sample_pmm`).
 DEFAULT_MAX_GAIN = 1.0
 #: ``parameterization="auto"`` freezes the predicted clean sample below this NFE budget and
 #: the predicted noise from it (chosen on digits64 and aniso64, docs/results-diffusion.md).
 X0_BELOW_NFE = 40
-#: Below this budget the default PMM layout is its base chain itself (blocks of one step):
-#: with so few blocks, the midpoint call costs more than it corrects (digits64, aniso64).
-BASE_CHAIN_BELOW_NFE = 15
 
 Callback = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor], None]
 
@@ -581,7 +579,7 @@ def sample(
     parameterization: str = "auto",
     max_gain: float | None = DEFAULT_MAX_GAIN,
     eta: float = 0.0,
-    variance: str = "beta_tilde",
+    variance: str | None = None,
     spacing: str = "linspace",
     generator: GeneratorArg = None,
     device: torch.device | str | None = None,
@@ -609,8 +607,9 @@ def sample(
         Length of the chain: the respaced timesteps of ``"ddpm"``, ``"ddim"``,
         ``"dpmsolver++"`` (default 50), or the ancestral chain PMM's blocks
         partition (default: ``T``, the fine chain, with ``K``; the sum of a
-        list of ``blocks``; ``min(T, 5 nfe)`` with a budget, which did best
-        on the digits64 testbed). ``1 <= steps <= T``.
+        list of ``blocks``; with a budget, ``min(T, 5 nfe)`` for
+        ``parameterization="eps"`` and ``min(T, 1.25 nfe)`` for ``"x0"``,
+        chosen on the digits64 and aniso64 testbeds). ``1 <= steps <= T``.
     K : int, optional
         PMM: uniform blocks of ``K`` steps, ``1 <= K <= steps``. ``K = 1`` is
         the ancestral chain itself.
@@ -631,11 +630,11 @@ def sample(
         scheme as published) or the predicted clean sample
         ``(x - sigma_t eps) / alpha_t`` (the exponential integrator of the
         data-prediction SDE; :func:`pmm_pymc.diffusion.layout.x0_coefficients`).
-        The fine chain is the same. ``"auto"``: ``"x0"`` for an NFE budget
-        below 40, ``"eps"`` otherwise (and with ``K`` or a list of blocks).
-        With a budget below 15 and no ``steps`` or ``blocks`` given, the
-        default layout is the base chain itself, ``floor(nfe)`` steps of one
-        call each (too few blocks for a midpoint call to pay for itself).
+        The fine chain is the same. ``"auto"``: ``"x0"`` (with variance
+        ``"beta"`` and a ``1.25 nfe``-step chain) for an NFE budget below
+        40, ``"eps"`` (posterior variance, ``5 nfe`` steps) otherwise and
+        with ``K`` or a list of blocks; chosen on digits64 and aniso64,
+        checked on mixture2d (docs/results-diffusion.md).
     max_gain : float or None, default 1.0
         PMM: the stability guard of :func:`sample_pmm`. A sample whose
         midpoint correction in a block amplifies its displacement by more
@@ -646,9 +645,12 @@ def sample(
     eta : float, default 0.0
         DDIM's noise: 0 is the deterministic sampler, 1 the ancestral one with
         the posterior variance.
-    variance : {"beta_tilde", "beta"}, default "beta_tilde"
+    variance : {"beta_tilde", "beta"}, optional
         Noise variance of the ancestral steps (PMM and DDPM): the posterior
         ``tilde beta`` (diffusers' "fixed_small") or ``beta`` ("fixed_large").
+        Default ``"beta"`` for PMM over the data-prediction chain (its
+        frozen ``x0`` under-disperses with the posterior variance; the
+        larger noise balances it, as measured), ``"beta_tilde"`` otherwise.
     spacing : {"linspace", "trailing", "leading", "quadratic"}, default "linspace"
         How a respaced chain picks its timesteps (:func:`timestep_grid`). For
         ``"dpmsolver++"`` the grid is that of diffusers'
@@ -712,7 +714,8 @@ def sample(
     T = schedule.T
     if not callable(model):
         raise TypeError(f"model must be callable as model(x, t), got {type(model)!r}")
-    variance = check_choice("variance", variance, VARIANCES)
+    if variance is not None:
+        variance = check_choice("variance", variance, VARIANCES)
     spacing = check_choice("spacing", spacing, SPACINGS)
     data_var = check_real("data_var", data_var, gt=0)
     eta = check_real("eta", eta, ge=0)
@@ -723,9 +726,11 @@ def sample(
         max_gain = check_real("max_gain", max_gain, gt=0)
     if method != "pmm" and (K is not None or blocks is not None or nfe is not None):
         raise ValueError(f"K, blocks and nfe are options of method='pmm', not {method!r}")
-    steps, layout_of, budget = _chain_and_layout(method, T, steps, K, blocks, nfe)
-    if parameterization == "auto":
-        parameterization = "x0" if budget is not None and budget < X0_BELOW_NFE else "eps"
+    steps, layout_of, parameterization = _chain_and_layout(
+        method, T, steps, K, blocks, nfe, parameterization
+    )
+    if variance is None:  # PMM's data-prediction chain: beta (docs/results-diffusion.md)
+        variance = "beta" if method == "pmm" and parameterization == "x0" else "beta_tilde"
     x, source, net = _start(model, x_T, generator, device, dtype)
 
     if method == "dpmsolver++":
@@ -767,19 +772,21 @@ def _chain_and_layout(
     K: Any,
     blocks: Any,
     nfe: Any,
-) -> tuple[int, Callable[[DDPMSchedule, np.ndarray, float], tuple[int, ...]], float | None]:
+    parameterization: str,
+) -> tuple[int, Callable[[DDPMSchedule, np.ndarray, float], tuple[int, ...]], str]:
     """The chain length, the block layout as a function of the grid (checked up front), and
-    PMM's NFE budget (None with ``K`` or a list of blocks)."""
+    PMM's parameterisation with ``"auto"`` resolved."""
+    fixed = "eps" if parameterization == "auto" else parameterization
     one_step = lambda schedule, grid, data_var: (1,) * len(grid)  # noqa: E731
     if method != "pmm":
         steps = min(50, T) if steps is None else steps
-        return check_int("steps", steps, 1, T), one_step, None
+        return check_int("steps", steps, 1, T), one_step, "eps"
     if K is not None and (blocks is not None or nfe is not None):
         raise ValueError("give K, or blocks and/or nfe, not both")
     if K is not None:
         steps = check_int("steps", T if steps is None else steps, 1, T)
         k = check_int("K", K, 1, steps)
-        return steps, lambda schedule, grid, data_var: pmm_blocks(steps, K=k), None
+        return steps, lambda schedule, grid, data_var: pmm_blocks(steps, K=k), fixed
     if blocks is not None and not isinstance(blocks, str):
         if nfe is not None:
             raise ValueError("give a list of blocks or an nfe budget, not both")
@@ -790,14 +797,13 @@ def _chain_and_layout(
                 raise TypeError(f"blocks must be a sequence of integers, got {blocks!r}") from err
         steps = check_int("steps", steps, 1, T)
         layout = validate_blocks(blocks, steps)
-        return steps, lambda schedule, grid, data_var: layout, None
+        return steps, lambda schedule, grid, data_var: layout, fixed
     policy = check_choice("blocks", DEFAULT_POLICY if blocks is None else blocks, BLOCK_POLICIES)
     budget = check_real("nfe", DEFAULT_NFE if nfe is None else nfe, ge=1)
-    if steps is None and blocks is None and budget < BASE_CHAIN_BELOW_NFE:
-        steps = min(T, int(budget))
-        return steps, one_step, budget
+    if parameterization == "auto":
+        parameterization = "x0" if budget < X0_BELOW_NFE else "eps"
     if steps is None:
-        steps = min(T, int(CHAIN_PER_NFE * budget))
+        steps = min(T, int(CHAIN_PER_NFE[parameterization] * budget))
     steps = check_int("steps", steps, 1, T)
 
     def layout(schedule: DDPMSchedule, grid: np.ndarray, data_var: float) -> tuple[int, ...]:
@@ -805,7 +811,7 @@ def _chain_and_layout(
             steps, nfe=budget, policy=policy, schedule=schedule, timesteps=grid, data_var=data_var
         )
 
-    return steps, layout, budget
+    return steps, layout, parameterization
 
 
 def _warn_if_stiff(
