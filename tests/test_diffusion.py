@@ -120,7 +120,14 @@ def test_pmm_matches_a_plain_loop_of_the_issue_formula():
     x_T = torch.randn(B, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     # the scheme as published: the stability guard off (max_gain=None)
     out = sample(
-        model, x_T, sch, "pmm", K=K, max_gain=None, generator=torch.Generator().manual_seed(5)
+        model,
+        x_T,
+        sch,
+        "pmm",
+        K=K,
+        max_gain=None,
+        noise_by="substep",
+        generator=torch.Generator().manual_seed(5),
     )
 
     g = torch.Generator().manual_seed(5)
@@ -181,6 +188,7 @@ def test_pmm_nonuniform_blocks_on_a_respaced_chain_match_a_plain_loop():
         steps=steps,
         blocks=list(blocks),
         max_gain=None,
+        noise_by="substep",
         variance="beta",
         generator=torch.Generator().manual_seed(7),
     )

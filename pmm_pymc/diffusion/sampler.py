@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from pmm_pymc._validate import check_choice, check_int, check_real
 from pmm_pymc.core import correction_weights, fired_from_mask, pmm_step
+from pmm_pymc.diffusion.gaps import gap_block, gap_tables
 from pmm_pymc.diffusion.layout import (
     BLOCK_POLICIES,
     DEFAULT_DATA_VAR,
@@ -289,23 +290,88 @@ def _as_network(model: Network | Callable, x: torch.Tensor) -> Network:
     return Network(model, x.dtype, x.dtype, immediate_check=x.device.type == "cpu")
 
 
-def _firing(plan: Sequence[Block], source: RandomSource, like: torch.Tensor):
-    """Every Bernoulli of the run, drawn and turned into index tensors before the loop."""
-    B = like.shape[0]
+def _firing(plan: Sequence[Block], source: RandomSource) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every Bernoulli of the run, drawn before the loop: one ``(B, K)`` mask per block
+    (column 0 False), and the network evaluations per block and sample."""
+    B = source.batch
     sizes = [blk.chain.K for blk in plan]
-    calls = np.ones((len(plan), B), dtype=np.int64)  # network evaluations per block and sample
+    calls = np.ones((len(plan), B), dtype=np.int64)
     if max(sizes) == 1:
-        return [[None]] * len(plan), calls
-    fired_all: list[list[torch.Tensor | None]] = []
+        return [np.zeros((B, 1), dtype=bool)] * len(plan), calls
+    masks = []
     u = source.uniforms(sum(sizes))
     offset = 0
     for b, k in enumerate(sizes):
         mask = u[:, offset : offset + k] < 1.0 / k
         mask[:, 0] = False
         calls[b] += mask.sum(axis=1)
-        fired_all.append(fired_from_mask(mask.T, like=like))
+        masks.append(mask)
         offset += k
-    return fired_all, calls
+    return masks, calls
+
+
+class _BlockRun(NamedTuple):
+    """What one block's :func:`~pmm_pymc.core.pmm_step` is called with (built before the loop)."""
+
+    chain: Any
+    fired: list
+    weights: Sequence[Any]
+    times: Callable[[int, torch.Tensor], torch.Tensor]
+    noise: Any
+    label: str
+
+
+def _block_runs(
+    plan: Sequence[Block],
+    masks: list[np.ndarray],
+    source: RandomSource,
+    x: torch.Tensor,
+    noise_by: str,
+) -> list[_BlockRun]:
+    event, dev = tuple(x.shape[1:]), x.device
+    runs = []
+    for blk, mask in zip(plan, masks):
+        fired_steps = np.flatnonzero(mask.any(axis=0))
+        ts = [blk.timesteps[i] for i in fired_steps]
+        label = f" (midpoints at timesteps {min(ts)}..{max(ts)})" if ts else ""
+        if noise_by == "gap" and blk.chain.K > 1:
+            gb = gap_block(blk.chain, blk.timesteps, mask, gap_tables(blk.chain), x)
+            runs.append(
+                _BlockRun(
+                    gb.chain,
+                    gb.fired,
+                    gb.weights,
+                    lambda i, idx, gb=gb: gb.timesteps[i][idx],
+                    _GapNoise(source, event, x.dtype, gb.draws),
+                    label,
+                )
+            )
+            continue
+        runs.append(
+            _BlockRun(
+                blk.chain,
+                fired_from_mask(mask.T, like=x),
+                correction_weights(blk.chain),
+                lambda i, idx, blk=blk: torch.full(
+                    (idx.shape[0],), blk.timesteps[i], dtype=torch.long, device=dev
+                ),
+                LazyNoise(source, event, x.dtype, blk.chain.s),
+                label,
+            )
+        )
+    return runs
+
+
+class _GapNoise:
+    """``noise[l]``: one standard Gaussian per member for the merged sub-step ``l``."""
+
+    def __init__(
+        self, source: RandomSource, event: tuple[int, ...], dtype: torch.dtype, draws: list
+    ) -> None:
+        self.source, self.event, self.dtype, self.draws = source, event, dtype, draws
+
+    def __getitem__(self, level: int) -> torch.Tensor:
+        return self.source.randn(self.event, self.dtype, members=self.draws[level])
 
 
 def sample_pmm(
@@ -316,6 +382,7 @@ def sample_pmm(
     schedule: DDPMSchedule,
     *,
     max_gain: float | None = DEFAULT_MAX_GAIN,
+    noise_by: str = "gap",
     callback: Callback | None = None,
     progress: bool = False,
 ) -> DiffusionOutput:
@@ -356,6 +423,12 @@ def sample_pmm(
     max_gain : float or None, default 1.0
         The guard's threshold; ``None`` turns the guard off (the scheme as
         published).
+    noise_by : {"gap", "substep"}, default "gap"
+        ``"gap"``: each member advances from one fired midpoint to the next
+        in one step with one Gaussian (:mod:`pmm_pymc.diffusion.gaps`; the
+        same distribution, a fraction of the work). ``"substep"``: one
+        Gaussian per sub-step of the fine chain, as the scheme is written
+        (reproducible against a plain loop).
     callback, progress
         As for :func:`sample`.
 
@@ -370,22 +443,23 @@ def sample_pmm(
     drift_fn = _X0Drift(net, schedule, x) if kinds == {"x0"} else _EpsDrift(net, schedule)
     if max_gain is not None:
         max_gain = check_real("max_gain", max_gain, gt=0)
+    noise_by = check_choice("noise_by", noise_by, ("gap", "substep"))
     B, event, dev = x.shape[0], tuple(x.shape[1:]), x.device
-    fired_all, calls = _firing(plan, source, x)
+    masks, calls = _firing(plan, source)
+    runs = _block_runs(plan, masks, source, x, noise_by)
     nfe_so_far = np.zeros(B, dtype=np.int64)
     fallbacks = torch.zeros(B, dtype=torch.long, device=dev)
     n_passes, n_blocks = 0, len(plan)
-    for b, (blk, fired) in enumerate(
-        tqdm(zip(plan, fired_all), total=n_blocks, disable=not progress, desc="diffusion")
+    for b, (blk, run) in enumerate(
+        tqdm(zip(plan, runs), total=n_blocks, disable=not progress, desc="diffusion")
     ):
         t0 = blk.timesteps[0]
         where = _where(b, n_blocks, t0)
         b0 = drift_fn(x, torch.full((B,), t0, dtype=torch.long, device=dev), where)
         n_passes += 1
         gain = torch.zeros(B, dtype=x.dtype, device=dev) if max_gain is not None else None
-        drift = _midpoint_drift(drift_fn, blk, where, x, b0, gain)
-        noise = LazyNoise(source, event, x.dtype, blk.chain.s)
-        x_new, info = pmm_step(drift, x, b0, noise, fired, blk.chain)
+        drift = _midpoint_drift(drift_fn, run, where, x, b0, gain)
+        x_new, info = pmm_step(drift, x, b0, run.noise, run.fired, run.chain, run.weights)
         n_passes += info.n_evals > 0
         if gain is not None and info.n_evals > 0:
             refused = gain > max_gain
@@ -408,26 +482,19 @@ def sample_pmm(
 
 def _midpoint_drift(
     drift_fn: _EpsDrift,
-    blk: Block,
+    run: _BlockRun,
     where: str,
     x: torch.Tensor,
     b0: torch.Tensor,
     gain: torch.Tensor | None,
 ) -> Callable[[torch.Tensor, Any], torch.Tensor]:
     """The core's ``drift(points, groups)`` for one block: each point at its own timestep."""
-    weights = correction_weights(blk.chain)
 
     def drift(points: torch.Tensor, groups: Any) -> torch.Tensor:
-        t = torch.cat(
-            [
-                torch.full((idx.shape[0],), blk.timesteps[i], dtype=torch.long, device=x.device)
-                for i, idx in groups
-            ]
-        )
-        ts = [blk.timesteps[i] for i, _ in groups]
-        out = drift_fn(points, t, f"{where} (midpoints at timesteps {min(ts)}..{max(ts)})")
+        t = torch.cat([run.times(i, idx) for i, idx in groups])
+        out = drift_fn(points, t, where + run.label)
         if gain is not None:
-            _record_gain(gain, points, out, x, b0, groups, weights)
+            _record_gain(gain, points, out, x, b0, groups, run.weights)
         return out
 
     return drift
@@ -448,7 +515,9 @@ def _record_gain(
         stop = start + idx.shape[0]
         db = (out[start:stop] - b0[idx]).flatten(1).norm(dim=1)
         dx = (points[start:stop] - x[idx]).flatten(1).norm(dim=1)
-        g = abs(weights[i]) * db / dx.clamp_min(torch.finfo(dx.dtype).tiny)
+        w = weights[i]
+        w = w[idx].flatten().abs() if torch.is_tensor(w) else abs(w)
+        g = w * db / dx.clamp_min(torch.finfo(dx.dtype).tiny)
         gain[idx] = torch.maximum(gain[idx], g)
         start = stop
 
@@ -578,6 +647,7 @@ def sample(
     data_var: float = DEFAULT_DATA_VAR,
     parameterization: str = "auto",
     max_gain: float | None = DEFAULT_MAX_GAIN,
+    noise_by: str = "gap",
     eta: float = 0.0,
     variance: str | None = None,
     spacing: str = "linspace",
@@ -642,6 +712,11 @@ def sample(
         the fired midpoints against the block's start) takes the frozen-drift
         endpoint for that block; ``DiffusionOutput.fallbacks`` counts them.
         ``None`` turns the guard off.
+    noise_by : {"gap", "substep"}, default "gap"
+        PMM: draw one Gaussian per gap between a sample's fired midpoints
+        (exact in distribution, a fraction of the work) or one per sub-step
+        of the fine chain (the draw order of a plain loop); see
+        :func:`sample_pmm`.
     eta : float, default 0.0
         DDIM's noise: 0 is the deterministic sampler, 1 the ancestral one with
         the posterior variance.
@@ -707,7 +782,10 @@ def sample(
     -----
     The random numbers are drawn in this order from each generator: ``x_T``
     (when a shape is given), PMM's uniforms for all its Bernoullis (the only
-    host transfer, before the loop), then the Gaussians sub-step by sub-step.
+    host transfer, before the loop), then the Gaussians sub-step by sub-step
+    (``noise_by="substep"``, and the other methods) or, for PMM by default,
+    gap by gap (a member with a list of generators draws one per gap of its
+    own, whatever the batch).
     """
     method = check_choice("method", method, METHODS)
     schedule = get_schedule(schedule)
@@ -724,6 +802,7 @@ def sample(
     )
     if max_gain is not None:
         max_gain = check_real("max_gain", max_gain, gt=0)
+    noise_by = check_choice("noise_by", noise_by, ("gap", "substep"))
     if method != "pmm" and (K is not None or blocks is not None or nfe is not None):
         raise ValueError(f"K, blocks and nfe are options of method='pmm', not {method!r}")
     steps, layout_of, parameterization = _chain_and_layout(
@@ -761,7 +840,15 @@ def sample(
     if max_gain is None and parameterization == "eps" and max(layout) > 1:
         _warn_if_stiff(layout, schedule, grid, data_var)
     return sample_pmm(
-        net, x, plan, source, schedule, max_gain=max_gain, callback=callback, progress=progress
+        net,
+        x,
+        plan,
+        source,
+        schedule,
+        max_gain=max_gain,
+        noise_by=noise_by,
+        callback=callback,
+        progress=progress,
     )
 
 
