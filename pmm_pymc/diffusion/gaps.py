@@ -23,6 +23,7 @@ state updates per member instead of ``K``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -63,6 +64,7 @@ class GapBlock(NamedTuple):
     draws: list[np.ndarray]
 
 
+@functools.lru_cache(maxsize=1024)  # a plan's chains are reused run after run
 def gap_tables(chain: AffineChain) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``A, G, S`` of every gap ``j -> j'`` of a block, as ``(K + 1, K + 1)`` tables.
 
@@ -118,20 +120,21 @@ def gap_block(
     A, G, S = tables
     shape = (B,) + (1,) * (like.ndim - 1)
 
-    def column(values: np.ndarray, level: int) -> torch.Tensor:
-        return torch.as_tensor(values[:, level], dtype=like.dtype).reshape(shape).to(like.device)
-
-    coef = [A[start, end], G[start, end], S[start, end]]
-    a, g, s = (tuple(column(c, level) for level in range(L)) for c in coef)
     w_fine = np.append(np.asarray(correction_weights(chain)), 0.0)  # index K: nothing fires
-    t_fine = np.append(np.asarray(timesteps, dtype=np.int64), -1)
+    # one host-to-device copy for all the levels' coefficients and weights: (4, B, L)
+    table = torch.as_tensor(
+        np.stack([A[start, end], G[start, end], S[start, end], w_fine[start]]), dtype=like.dtype
+    ).to(like.device)
+    a, g, s, w = (tuple(c[:, level].reshape(shape) for level in range(L)) for c in table)
+    t_fine = torch.as_tensor(np.append(np.asarray(timesteps, dtype=np.int64), -1)[start])
+    t_fine = t_fine.to(like.device)
     fired: list[torch.Tensor | None] = [None]
     weights: list[float | torch.Tensor] = [0.0]
     times: list[torch.Tensor | None] = [None]
     for level in range(1, L):
         members = np.flatnonzero(start[:, level] < K)
         fired.append(torch.as_tensor(members, device=like.device))
-        weights.append(column(w_fine[start], level))
-        times.append(torch.as_tensor(t_fine[start[:, level]], device=like.device))
+        weights.append(w[level])
+        times.append(t_fine[:, level])
     draws = [start[:, level] < end[:, level] for level in range(L)]
     return GapBlock(AffineChain(a, g, s), fired, weights, times, draws)

@@ -168,7 +168,6 @@ class Network:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, where: str) -> torch.Tensor:
         """The model's ε at ``(x, t)``, checked; ``where`` names the step for the errors."""
-        self.check_state(x, where)
         out = self.model(x.to(self.model_dtype), t)
         if not torch.is_tensor(out):
             hint = (
@@ -185,7 +184,14 @@ class Network:
         if out.device != x.device:
             raise ValueError(f"the model returned a tensor on {out.device} for input on {x.device}")
         out = out.to(self.state_dtype)
-        self._check(out, f"the model returned NaN or inf at {where}")
+        bad = ~torch.isfinite(out).all()
+        if not self.immediate_check:  # no host synchronisation: the flags are read after the loop
+            self.flags.append(bad)
+            self.messages.append(f"the model returned NaN or inf at {where}")
+        elif bool(bad):
+            if not bool(torch.isfinite(x).all()):  # the state was bad before the model saw it
+                self.check_state(x, where)
+            raise FloatingPointError(f"the model returned NaN or inf at {where}")
         return out
 
     def check_state(self, x: torch.Tensor, where: str) -> None:
@@ -507,19 +513,22 @@ def _record_gain(
     x: torch.Tensor,
     b0: torch.Tensor,
     groups: Any,
-    weights: Sequence[float],
+    weights: Sequence[Any],
 ) -> None:
     """``gain[m] = max(gain[m], |w_i| ||b_i - b_0|| / ||x_i - x||)`` over the fired midpoints."""
-    start = 0
-    for i, idx in groups:  # within a group the members are distinct
-        stop = start + idx.shape[0]
-        db = (out[start:stop] - b0[idx]).flatten(1).norm(dim=1)
-        dx = (points[start:stop] - x[idx]).flatten(1).norm(dim=1)
-        w = weights[i]
-        w = w[idx].flatten().abs() if torch.is_tensor(w) else abs(w)
-        g = w * db / dx.clamp_min(torch.finfo(dx.dtype).tiny)
-        gain[idx] = torch.maximum(gain[idx], g)
-        start = stop
+    idx = torch.cat([members for _, members in groups]) if len(groups) > 1 else groups[0][1]
+    w = torch.cat(
+        [
+            weights[i][members].flatten()
+            if torch.is_tensor(weights[i])
+            else torch.full((members.shape[0],), float(weights[i]), dtype=x.dtype, device=x.device)
+            for i, members in groups
+        ]
+    )
+    db = (out - b0[idx]).flatten(1).norm(dim=1)
+    dx = (points - x[idx]).flatten(1).norm(dim=1)
+    g = w.abs() * db / dx.clamp_min(torch.finfo(dx.dtype).tiny)
+    gain.scatter_reduce_(0, idx, g, "amax")  # gains are >= 0: the max over repeats
 
 
 def _check_one_step(plan: Sequence[Block], name: str) -> None:
