@@ -55,6 +55,8 @@ class GapBlock(NamedTuple):
     draws : list of numpy.ndarray of bool
         ``draws[l]``: the members for which merged sub-step ``l`` is a real gap (each
         member draws one Gaussian per real gap: its own count, whatever the batch).
+    draw_index : list of (LongTensor or None)
+        The same members as indices on the state's device (None: all of them).
     """
 
     chain: AffineChain
@@ -62,6 +64,7 @@ class GapBlock(NamedTuple):
     weights: list[float | torch.Tensor]
     timesteps: list[torch.Tensor | None]
     draws: list[np.ndarray]
+    draw_index: list[torch.Tensor | None]
 
 
 @functools.lru_cache(maxsize=1024)  # a plan's chains are reused run after run
@@ -137,4 +140,7 @@ def gap_block(
         weights.append(w[level])
         times.append(t_fine[:, level])
     draws = [start[:, level] < end[:, level] for level in range(L)]
-    return GapBlock(AffineChain(a, g, s), fired, weights, times, draws)
+    draw_index = [
+        None if d.all() else torch.as_tensor(np.flatnonzero(d), device=like.device) for d in draws
+    ]
+    return GapBlock(AffineChain(a, g, s), fired, weights, times, draws, draw_index)

@@ -84,6 +84,20 @@ class RandomSource:
             return torch.randn(shape, device=self.device, dtype=dtype)
         return self._move(torch.randn(shape, generator=g, device=g.device, dtype=dtype))
 
+    def randn_rows(self, n: int, event_shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """``n`` rows of standard normals from the single generator (shape ``(n, *event)``).
+
+        For a caller that needs noise for only some members of the batch; with one
+        generator per member use :meth:`randn` with ``members``.
+        """
+        if self.per_member is not None:
+            raise ValueError("randn_rows draws from one generator; this source has one per member")
+        shape = (n, *event_shape)
+        g = self.single
+        if g is None:
+            return torch.randn(shape, device=self.device, dtype=dtype)
+        return self._move(torch.randn(shape, generator=g, device=g.device, dtype=dtype))
+
     def _move(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` on :attr:`device`; from the CPU to CUDA without waiting for the device.
 

@@ -348,7 +348,7 @@ def _block_runs(
                     gb.fired,
                     gb.weights,
                     lambda i, idx, gb=gb: gb.timesteps[i][idx],
-                    _GapNoise(source, event, x.dtype, gb.draws),
+                    _GapNoise(source, x, gb.draws, gb.draw_index),
                     label,
                 )
             )
@@ -369,15 +369,20 @@ def _block_runs(
 
 
 class _GapNoise:
-    """``noise[l]``: one standard Gaussian per member for the merged sub-step ``l``."""
+    """``noise[l]``: one standard Gaussian per member whose merged sub-step ``l`` is a real
+    gap (zeros for the others, whose step there is the identity)."""
 
-    def __init__(
-        self, source: RandomSource, event: tuple[int, ...], dtype: torch.dtype, draws: list
-    ) -> None:
-        self.source, self.event, self.dtype, self.draws = source, event, dtype, draws
+    def __init__(self, source: RandomSource, like: torch.Tensor, draws: list, index: list) -> None:
+        self.source, self.like, self.draws, self.index = source, like, draws, index
 
     def __getitem__(self, level: int) -> torch.Tensor:
-        return self.source.randn(self.event, self.dtype, members=self.draws[level])
+        event, dtype = tuple(self.like.shape[1:]), self.like.dtype
+        index = self.index[level]
+        if self.source.per_member is not None or index is None:
+            return self.source.randn(event, dtype, members=self.draws[level])
+        z = torch.zeros_like(self.like)
+        z[index] = self.source.randn_rows(index.shape[0], event, dtype)
+        return z
 
 
 def sample_pmm(
