@@ -108,12 +108,42 @@ def test_pmm_with_k1_is_ddpm(sched100):
     assert a.nfe.tolist() == b.nfe.tolist() == [T_SMALL] * 4
 
 
-def test_pmm_matches_a_plain_loop_of_the_issue_formula():
-    """Blocks of K over the fine chain, written from the issue's description.
+def plain_pmm_loop(drift, coef, x_T, T, K, seed):
+    """PMM blocks of ``K`` over the ``T``-step fine chain, written from the paper's description.
 
-    Draw order (documented in ``sample``): the uniforms of all the Bernoullis,
-    shape (B, T), then the noise of each sub-step but the last.
+    ``drift(x, t)`` is the drift at timestep ``t`` (an int) for the rows ``x``;
+    ``coef(t) -> (a, g, s)`` the sub-step from ``t`` to ``t - 1``. Draw order (documented in
+    ``sample`` for ``noise_by="substep"``): the uniforms of all the Bernoullis, shape (B, T),
+    then the noise of each sub-step whose scale is not zero. Returns the samples and the
+    network calls per sample.
     """
+    B, d = x_T.shape
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand((B, T), generator=g, dtype=torch.float64)
+    x = x_T.clone()
+    n_calls = np.full(B, T // K)
+    for blk in range(T // K):
+        ts = [T - 1 - (blk * K + i) for i in range(K)]
+        b0 = drift(x, ts[0])
+        mids, xi = [], x
+        for t in ts:
+            mids.append(xi)
+            a, gg, s = coef(t)
+            z = torch.randn(B, d, generator=g, dtype=torch.float64) if s != 0.0 else 0.0
+            xi = a * xi + gg * b0 + s * z
+        for m in range(B):
+            for i in range(1, K):
+                if u[m, blk * K + i] < 1.0 / K:
+                    n_calls[m] += 1
+                    b_i = drift(mids[i][m : m + 1], ts[i])
+                    tail = math.prod(float(coef(t)[0]) for t in ts[i + 1 :])
+                    xi[m] += tail * float(coef(ts[i])[1]) * K * (b_i[0] - b0[m])
+        x = xi
+    return x, n_calls
+
+
+def test_pmm_matches_a_plain_loop_of_the_issue_formula():
+    """Blocks of K over the fine chain, against :func:`plain_pmm_loop` (exact to 1e-12)."""
     T, K, B, d = 20, 5, 6, 2
     sch = DDPMSchedule.linear(T, beta_start=1e-2, beta_end=0.3)
     model = toy_eps(T)
@@ -129,9 +159,6 @@ def test_pmm_matches_a_plain_loop_of_the_issue_formula():
         noise_by="substep",
         generator=torch.Generator().manual_seed(5),
     )
-
-    g = torch.Generator().manual_seed(5)
-    u = torch.rand((B, T), generator=g, dtype=torch.float64)
     betas = torch.as_tensor(sch.betas.copy())
     alphas = 1 - betas
     abar = torch.cumprod(alphas, 0)
@@ -142,25 +169,10 @@ def test_pmm_matches_a_plain_loop_of_the_issue_formula():
         s = 0.0 if t == 0 else (betas[t] * (1 - abar[t - 1]) / (1 - abar[t])).sqrt()
         return a, gg, s
 
-    x = x_T.clone()
-    n_calls = np.full(B, T // K)
-    for blk in range(T // K):
-        ts = [T - 1 - (blk * K + i) for i in range(K)]
-        eps0 = model(x, torch.full((B,), ts[0], dtype=torch.long))
-        mids, xi = [], x
-        for t in ts:
-            mids.append(xi)
-            a, gg, s = coef(t)
-            z = torch.randn(B, d, generator=g, dtype=torch.float64) if s != 0.0 else 0.0
-            xi = a * xi + gg * eps0 + s * z
-        for m in range(B):
-            for i in range(1, K):
-                if u[m, blk * K + i] < 1.0 / K:
-                    n_calls[m] += 1
-                    eps_i = model(mids[i][m : m + 1], torch.tensor([ts[i]]))
-                    tail = math.prod(float(coef(t)[0]) for t in ts[i + 1 :])
-                    xi[m] += tail * float(coef(ts[i])[1]) * K * (eps_i[0] - eps0[m])
-        x = xi
+    def eps(x, t):
+        return model(x, torch.full((x.shape[0],), t, dtype=torch.long))
+
+    x, n_calls = plain_pmm_loop(eps, coef, x_T, T, K, seed=5)
     torch.testing.assert_close(out.samples, x, rtol=1e-12, atol=1e-12)
     assert out.nfe.tolist() == n_calls.tolist()
     assert out.blocks == (K,) * (T // K)

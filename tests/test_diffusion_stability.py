@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_diffusion import plain_pmm_loop, toy_eps
 
 from pmm_pymc.diffusion.sampler import sample
 from pmm_pymc.diffusion.schedules import DDPMSchedule
@@ -18,23 +19,12 @@ from pmm_pymc.evaluation.testbeds import get_testbed
 pytestmark = pytest.mark.filterwarnings("ignore:PMM blocks reach stiffness:RuntimeWarning")
 
 
-def toy_eps(T: int):
-    """A nonlinear, timestep-dependent stand-in for a network (elementwise, so batch-exact)."""
-
-    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        tt = t.to(x.dtype)[:, None] / T
-        return torch.tanh(x) * (1.0 + tt) + 0.1 * x * tt
-
-    return model
-
-
 def test_x0_pmm_matches_a_plain_loop_of_the_sde_dpm_solver_formula():
     """PMM over the data-prediction chain, written from first-order SDE-DPM-Solver++:
     ``x_s = (sigma_s / sigma_t) e^{-h} x + alpha_s (1 - e^{-2h}) x0(x, t) + sigma_s
     sqrt(1 - e^{-2h}) z`` with ``h = lambda_s - lambda_t``, the drift ``x0 = (x - sigma_t
     eps) / alpha_t`` frozen through each block and corrected at the fired midpoints by
-    ``(prod_{r>i} a_r) g_i K (x0_i - x0_0)``; every midpoint's drift is computed, and the
-    fired ones used. Same draw order as ``sample``: all the uniforms, then the Gaussians.
+    ``(prod_{r>i} a_r) g_i K (x0_i - x0_0)`` (the plain loop of test_diffusion.py).
     Exact up to float64 rounding (1e-10).
     """
     T, K, B, d = 20, 4, 6, 2
@@ -53,12 +43,10 @@ def test_x0_pmm_matches_a_plain_loop_of_the_sde_dpm_solver_formula():
         noise_by="substep",
         generator=torch.Generator().manual_seed(5),
     )
-    g = torch.Generator().manual_seed(5)
-    u = torch.rand((B, T), generator=g, dtype=torch.float64)
-    abar = [float(a) for a in sch.alphas_cumprod] + [1.0]  # abar[-1]: the clean end
+    abar = [float(a) for a in sch.alphas_cumprod]
 
     def alpha_sigma(t):
-        ab = abar[t] if t >= 0 else 1.0
+        ab = abar[t] if t >= 0 else 1.0  # t = -1: the clean end
         return math.sqrt(ab), math.sqrt(1.0 - ab)
 
     def coef(t):  # the step t -> t - 1
@@ -70,23 +58,7 @@ def test_x0_pmm_matches_a_plain_loop_of_the_sde_dpm_solver_formula():
         a_t, s_t = alpha_sigma(t)
         return (x - s_t * model(x, torch.full((x.shape[0],), t, dtype=torch.long))) / a_t
 
-    x = x_T.clone()
-    for blk in range(T // K):
-        ts = [T - 1 - (blk * K + i) for i in range(K)]
-        b0 = x0_model(x, ts[0])
-        mids, xi = [], x
-        for t in ts:
-            mids.append(xi)
-            a, gg, s = coef(t)
-            z = torch.randn(B, d, generator=g, dtype=torch.float64) if s != 0.0 else 0.0
-            xi = a * xi + gg * b0 + s * z
-        drifts = [x0_model(mids[i], ts[i]) for i in range(K)]  # every midpoint
-        for m in range(B):
-            for i in range(1, K):
-                if u[m, blk * K + i] < 1.0 / K:
-                    tail = math.prod(coef(t)[0] for t in ts[i + 1 :])
-                    xi[m] += tail * coef(ts[i])[1] * K * (drifts[i][m] - b0[m])
-        x = xi
+    x, _ = plain_pmm_loop(x0_model, coef, x_T, T, K, seed=5)
     torch.testing.assert_close(out.samples, x, rtol=1e-10, atol=1e-10)
 
 

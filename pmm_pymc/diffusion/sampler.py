@@ -82,6 +82,7 @@ __all__ = [
     "expected_nfe",
     "pmm_blocks",
     "sample",
+    "sample_ancestral",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmsolver",
@@ -536,12 +537,7 @@ def _record_gain(
     gain.scatter_reduce_(0, idx, g, "amax")  # gains are >= 0: the max over repeats
 
 
-def _check_one_step(plan: Sequence[Block], name: str) -> None:
-    if any(blk.chain.K != 1 for blk in plan):
-        raise ValueError(f"{name} runs a plan of one-step blocks (blocks=(1,) * steps)")
-
-
-def sample_ddpm(
+def sample_ancestral(
     model: Network | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     plan: Sequence[Block],
@@ -551,30 +547,22 @@ def sample_ddpm(
     callback: Callback | None = None,
     progress: bool = False,
 ) -> DiffusionOutput:
-    """The ancestral sampler: one network call per step of a plan of one-step blocks.
+    """DDPM and DDIM: one network call per step of a plan of one-step blocks.
 
     ``plan`` is :func:`~pmm_pymc.diffusion.layout.plan_blocks` over
-    :func:`~pmm_pymc.diffusion.layout.ddpm_coefficients`; each step
-    ``x' = a x + g eps(x, t) + s z`` is a PMM block of one sub-step, where
-    nothing can fire (so DDPM runs through the same core update).
+    :func:`~pmm_pymc.diffusion.layout.ddpm_coefficients` (ancestral DDPM) or
+    :func:`~pmm_pymc.diffusion.layout.ddim_coefficients` (DDIM); each step
+    ``x' = a x + g eps(x, t) + s z`` is a PMM block of one sub-step, where nothing can
+    fire, so both run through the same core update. ``sample_ddpm`` and
+    ``sample_ddim`` are this function.
     """
-    _check_one_step(plan, "sample_ddpm")
+    if any(blk.chain.K != 1 for blk in plan):
+        raise ValueError("DDPM and DDIM run a plan of one-step blocks (blocks=(1,) * steps)")
     return sample_pmm(model, x, plan, source, schedule, callback=callback, progress=progress)
 
 
-def sample_ddim(
-    model: Network | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    plan: Sequence[Block],
-    source: RandomSource,
-    schedule: DDPMSchedule,
-    *,
-    callback: Callback | None = None,
-    progress: bool = False,
-) -> DiffusionOutput:
-    """DDIM: as :func:`sample_ddpm`, over :func:`~pmm_pymc.diffusion.layout.ddim_coefficients`."""
-    _check_one_step(plan, "sample_ddim")
-    return sample_pmm(model, x, plan, source, schedule, callback=callback, progress=progress)
+sample_ddpm = sample_ancestral
+sample_ddim = sample_ancestral
 
 
 def sample_dpmsolver(
