@@ -154,7 +154,8 @@ def verdicts(result, against: str = "dpmsolver++", nfes=(10, 20, 30)) -> str:
             se = math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / a.size) if a.size > 1 else 0.0
             diff = b.mean() - a.mean()
             verdict = "better" if diff > 2 * se else "worse" if diff < -2 * se else "tie"
-            ratio = "" if m != "mmd" or b.mean() <= 0 else f" ({a.mean() / b.mean():.1f}×)"
+            both_positive = a.mean() > 0 and b.mean() > 0
+            ratio = f" ({a.mean() / b.mean():.1f}×)" if m == "mmd" and both_positive else ""
             lines.append(
                 f"| {n} | {m} | {fmt(a_rows[m].mean(), a_rows[m].std(ddof=1), m)} | "
                 f"{fmt(b_rows[m].mean(), b_rows[m].std(ddof=1), m)} | {verdict}{ratio} |"
@@ -171,7 +172,7 @@ def report(result, args: argparse.Namespace, title: str) -> dict:
     print()
     if args.plots:
         table = result.table[~result.table["method"].str.endswith("noguard")]
-        path = Path(args.plots) / f"diffusion_{result.testbed}.png"
+        path = Path(args.plots) / f"bench_diffusion_{result.testbed}.png"
         plot_metric_vs_nfe(table, path, title=title, reference=result.floor)
         print(f"plot: {path}")
     return {
