@@ -281,3 +281,28 @@ def test_gap_by_gap_noise_is_equal_in_distribution_to_substep_noise():
     m4 = lambda z: ((z - z.mean(0)) ** 4).mean(0)  # noqa: E731
     se_var = ((m4(a) - a.var(0) ** 2 + m4(b) - b.var(0) ** 2) / B).sqrt()
     assert ((a.var(0) - b.var(0)).abs() < 4.5 * se_var).all(), (a.var(0), b.var(0))
+
+
+def test_the_loops_run_plans_built_outside():
+    """The facade's loops are public: a plan and a noise source built by the caller give
+    what ``sample`` gives (same generator, same numbers), and the one-step loops refuse a
+    plan of longer blocks."""
+    from pmm_pymc.diffusion.layout import ddpm_coefficients, plan_blocks, timestep_grid
+    from pmm_pymc.diffusion.noise import RandomSource
+    from pmm_pymc.diffusion.sampler import sample_ddpm, sample_pmm
+
+    sch = DDPMSchedule.linear(100, beta_start=1e-3, beta_end=0.2)
+    grid = timestep_grid(100, 20)
+    coef = lambda t, tp: ddpm_coefficients(sch, t, tp, "beta_tilde")  # noqa: E731
+    x_T = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    source = RandomSource(torch.Generator().manual_seed(1), 4, torch.device("cpu"))
+    out = sample_ddpm(toy_eps(100), x_T, plan_blocks(sch, grid, (1,) * 20, coef), source, sch)
+    ref = sample(
+        toy_eps(100), x_T, sch, "ddpm", steps=20, generator=torch.Generator().manual_seed(1)
+    )
+    torch.testing.assert_close(out.samples, ref.samples, rtol=0, atol=0)
+    plan = plan_blocks(sch, grid, (5,) * 4, coef)
+    with pytest.raises(ValueError, match="one-step blocks"):
+        sample_ddpm(toy_eps(100), x_T, plan, source, sch)
+    out = sample_pmm(toy_eps(100), x_T, plan, source, sch)
+    assert out.blocks == (5,) * 4 and torch.isfinite(out.samples).all()
