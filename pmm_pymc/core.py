@@ -224,6 +224,7 @@ def pmm_step(
     noise: Array | Sequence[Array],
     fired: Sequence[Array | None],
     chain: AffineChain,
+    weights: Sequence[float | Array] | None = None,
 ) -> tuple[Array, PMMInfo]:
     """One PMM block: ``K`` frozen-drift sub-steps plus the midpoint corrections.
 
@@ -246,7 +247,15 @@ def pmm_step(
         Length ``K``; ``fired[i]`` indexes the members whose midpoint ``i``
         fires. See :func:`fired_from_mask`.
     chain : AffineChain
-        The sub-step coefficients.
+        The sub-step coefficients: floats, or arrays broadcasting against
+        ``x`` (one coefficient per batch member, shape ``(B, 1, ...)``).
+    weights : sequence of (float or array), optional
+        The correction weight of each sub-step's midpoint; default
+        :func:`correction_weights` of ``chain``. A caller that merges the
+        sub-steps between the midpoints it will fire (so that one sub-step
+        of ``chain`` is a whole gap of the fine chain, per member) passes the
+        fine chain's weights here, an array of shape ``(B, 1, ...)`` where
+        they differ by member.
 
     Returns
     -------
@@ -279,12 +288,16 @@ def pmm_step(
         raise ValueError(
             f"drift returned shape {tuple(b_mid.shape)} for points of shape {tuple(stacked.shape)}"
         )
-    weights = _cached_correction_weights(chain)
+    if weights is None:
+        weights = _cached_correction_weights(chain)
     x_new = endpoint
     start = 0
     for i, idx in groups:
         n = idx.shape[0]
         delta = b_mid[start : start + n] - xp.take(b0, idx, axis=0)
-        x_new = _index_add(xp, x_new, idx, weights[i] * delta)
+        w = weights[i]
+        if getattr(w, "ndim", 0):  # one weight per batch member
+            w = xp.take(w, idx, axis=0)
+        x_new = _index_add(xp, x_new, idx, w * delta)
         start += n
     return x_new, PMMInfo(n_evals=int(stacked.shape[0]), groups=tuple(groups), endpoint=endpoint)

@@ -459,8 +459,28 @@ def test_compare_diffusion_on_the_digits_network():
 
     result = compare_diffusion("digits-net", ["ddim"], [5], seeds=[0], n_samples=80)
     metrics = set(result.table["metric"])
-    assert "frechet" in metrics and "log_density_gap" not in metrics
+    assert "frechet" in metrics and "label_tv" in metrics and "log_density_gap" not in metrics
     assert np.isfinite(result.table["mean"]).all()
+    tv = result.runs["label_tv"]
+    assert ((tv >= 0) & (tv <= 1)).all()
+
+
+def test_compare_diffusion_variants_run_under_their_label():
+    """A named variant runs like its method and is reported apart; the guard's count is kept."""
+    from pmm_pymc.compare import compare_diffusion
+
+    result = compare_diffusion(
+        "mixture2d",
+        ["pmm"],
+        [20],
+        seeds=[0],
+        n_samples=64,
+        variants={"pmm-eps": {"method": "pmm", "parameterization": "eps"}},
+    )
+    assert list(result.runs["method"]) == ["pmm", "pmm-eps"]
+    assert (result.runs["nfe"] <= 21).all() and (result.runs["fallbacks"] >= 0).all()
+    with pytest.raises(ValueError, match="variant 'x' needs a method"):
+        compare_diffusion("mixture2d", ["pmm"], [20], variants={"x": {"nfe": 3}})
 
 
 @pytest.mark.parametrize(

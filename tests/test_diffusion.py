@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from pmm_pymc.diffusion.sampler import _dpmsolver_2m, _Network, expected_nfe, sample, timestep_grid
+from pmm_pymc.diffusion.sampler import (
+    Network,
+    expected_nfe,
+    sample,
+    sample_dpmsolver,
+    timestep_grid,
+)
 from pmm_pymc.diffusion.schedules import DDPMSchedule
 
 T_SMALL = 100
@@ -102,20 +108,57 @@ def test_pmm_with_k1_is_ddpm(sched100):
     assert a.nfe.tolist() == b.nfe.tolist() == [T_SMALL] * 4
 
 
-def test_pmm_matches_a_plain_loop_of_the_issue_formula():
-    """Blocks of K over the fine chain, written from the issue's description.
+def plain_pmm_loop(drift, coef, x_T, T, K, seed):
+    """PMM blocks of ``K`` over the ``T``-step fine chain, written from the paper's description.
 
-    Draw order (documented in ``sample``): the uniforms of all the Bernoullis,
-    shape (B, T), then the noise of each sub-step but the last.
+    ``drift(x, t)`` is the drift at timestep ``t`` (an int) for the rows ``x``;
+    ``coef(t) -> (a, g, s)`` the sub-step from ``t`` to ``t - 1``. Draw order (documented in
+    ``sample`` for ``noise_by="substep"``): the uniforms of all the Bernoullis, shape (B, T),
+    then the noise of each sub-step whose scale is not zero. Returns the samples and the
+    network calls per sample.
     """
+    B, d = x_T.shape
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand((B, T), generator=g, dtype=torch.float64)
+    x = x_T.clone()
+    n_calls = np.full(B, T // K)
+    for blk in range(T // K):
+        ts = [T - 1 - (blk * K + i) for i in range(K)]
+        b0 = drift(x, ts[0])
+        mids, xi = [], x
+        for t in ts:
+            mids.append(xi)
+            a, gg, s = coef(t)
+            z = torch.randn(B, d, generator=g, dtype=torch.float64) if s != 0.0 else 0.0
+            xi = a * xi + gg * b0 + s * z
+        for m in range(B):
+            for i in range(1, K):
+                if u[m, blk * K + i] < 1.0 / K:
+                    n_calls[m] += 1
+                    b_i = drift(mids[i][m : m + 1], ts[i])
+                    tail = math.prod(float(coef(t)[0]) for t in ts[i + 1 :])
+                    xi[m] += tail * float(coef(ts[i])[1]) * K * (b_i[0] - b0[m])
+        x = xi
+    return x, n_calls
+
+
+def test_pmm_matches_a_plain_loop_of_the_issue_formula():
+    """Blocks of K over the fine chain, against :func:`plain_pmm_loop` (exact to 1e-12)."""
     T, K, B, d = 20, 5, 6, 2
     sch = DDPMSchedule.linear(T, beta_start=1e-2, beta_end=0.3)
     model = toy_eps(T)
     x_T = torch.randn(B, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    out = sample(model, x_T, sch, "pmm", K=K, generator=torch.Generator().manual_seed(5))
-
-    g = torch.Generator().manual_seed(5)
-    u = torch.rand((B, T), generator=g, dtype=torch.float64)
+    # the scheme as published: the stability guard off (max_gain=None)
+    out = sample(
+        model,
+        x_T,
+        sch,
+        "pmm",
+        K=K,
+        max_gain=None,
+        noise_by="substep",
+        generator=torch.Generator().manual_seed(5),
+    )
     betas = torch.as_tensor(sch.betas.copy())
     alphas = 1 - betas
     abar = torch.cumprod(alphas, 0)
@@ -126,25 +169,10 @@ def test_pmm_matches_a_plain_loop_of_the_issue_formula():
         s = 0.0 if t == 0 else (betas[t] * (1 - abar[t - 1]) / (1 - abar[t])).sqrt()
         return a, gg, s
 
-    x = x_T.clone()
-    n_calls = np.full(B, T // K)
-    for blk in range(T // K):
-        ts = [T - 1 - (blk * K + i) for i in range(K)]
-        eps0 = model(x, torch.full((B,), ts[0], dtype=torch.long))
-        mids, xi = [], x
-        for t in ts:
-            mids.append(xi)
-            a, gg, s = coef(t)
-            z = torch.randn(B, d, generator=g, dtype=torch.float64) if s != 0.0 else 0.0
-            xi = a * xi + gg * eps0 + s * z
-        for m in range(B):
-            for i in range(1, K):
-                if u[m, blk * K + i] < 1.0 / K:
-                    n_calls[m] += 1
-                    eps_i = model(mids[i][m : m + 1], torch.tensor([ts[i]]))
-                    tail = math.prod(float(coef(t)[0]) for t in ts[i + 1 :])
-                    xi[m] += tail * float(coef(ts[i])[1]) * K * (eps_i[0] - eps0[m])
-        x = xi
+    def eps(x, t):
+        return model(x, torch.full((x.shape[0],), t, dtype=torch.long))
+
+    x, n_calls = plain_pmm_loop(eps, coef, x_T, T, K, seed=5)
     torch.testing.assert_close(out.samples, x, rtol=1e-12, atol=1e-12)
     assert out.nfe.tolist() == n_calls.tolist()
     assert out.blocks == (K,) * (T // K)
@@ -171,6 +199,8 @@ def test_pmm_nonuniform_blocks_on_a_respaced_chain_match_a_plain_loop():
         "pmm",
         steps=steps,
         blocks=list(blocks),
+        max_gain=None,
+        noise_by="substep",
         variance="beta",
         generator=torch.Generator().manual_seed(7),
     )
@@ -467,8 +497,8 @@ def test_ode_solvers_converge_to_the_flow_map(sched100):
     e_dpm = []
     for n in (23, 46):
         grid = np.linspace(96, 4, n + 1).astype(np.int64)  # integers: 92 / n is
-        net = _Network(model, torch.float64, torch.float64, immediate_check=True)
-        out, _ = _dpmsolver_2m(net, flow(96), sched100, grid, None, False)
+        net = Network(model, torch.float64, torch.float64, immediate_check=True)
+        out = sample_dpmsolver(net, flow(96), sched100, grid).samples
         e_dpm.append((out - exact).abs().max().item())
     assert e_dpm[0] / e_dpm[1] > 3.0, e_dpm  # measured 0.0323 / 0.0080 = 4.0
 
@@ -498,7 +528,8 @@ def test_pmm_mean_nfe_matches_the_formula():
     assert expected_nfe(out.blocks) == pytest.approx(expected)
 
 
-def test_nfe_budget_policies(sched100):
+@pytest.mark.parametrize(("nfe", "steps"), [(30, 37), (60, 100)])  # x0: 1.25 nfe; eps: 5 nfe
+def test_nfe_budget_policies(sched100, nfe, steps):
     for policy in ("stiffness", "uniform"):
         out = sample(
             toy_eps(T_SMALL),
@@ -506,19 +537,21 @@ def test_nfe_budget_policies(sched100):
             sched100,
             "pmm",
             blocks=policy,
-            nfe=30,
+            nfe=nfe,
             generator=torch.Generator().manual_seed(0),
         )
-        assert expected_nfe(out.blocks) <= 30
+        assert expected_nfe(out.blocks) <= nfe
         assert abs(out.nfe.double().mean().item() - expected_nfe(out.blocks)) < 0.5
-        assert sum(out.blocks) == min(T_SMALL, 5 * 30)
+        assert sum(out.blocks) == steps
 
 
 def test_stiff_layouts_warn_and_the_default_does_not():
     """The thresholds behind the warning: block stiffness > 1 diverged on digits64."""
     sch = DDPMSchedule.linear()
     with pytest.warns(RuntimeWarning, match="stiffness"):
-        sample(lambda x, t: 0.0 * x, (2, 2), sch, "pmm", nfe=10)
+        sample(
+            lambda x, t: 0.0 * x, (2, 2), sch, "pmm", nfe=20, parameterization="eps", max_gain=None
+        )
     import warnings
 
     with warnings.catch_warnings():
@@ -632,10 +665,10 @@ def _ok():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"method": "euler"}, ValueError, "unknown method 'euler'"),
+        ({"method": "euler"}, ValueError, "method must be one of"),
         ({"schedule": "sigmoid"}, ValueError, "unknown schedule 'sigmoid'"),
         ({"schedule": [0.1, 0.2]}, TypeError, "schedule must be"),
-        ({"method": "ddpm", "steps": 101}, ValueError, "steps=101 exceeds"),
+        ({"method": "ddpm", "steps": 101}, ValueError, "steps must be an integer in \\[1, 100\\]"),
         ({"method": "ddpm", "steps": 0}, ValueError, "steps must be"),
         ({"method": "pmm", "K": 0}, ValueError, "K must be an integer in \\[1, 100\\]"),
         ({"method": "pmm", "K": 101}, ValueError, "K must be an integer in \\[1, 100\\]"),
@@ -643,14 +676,14 @@ def _ok():
         ({"method": "pmm", "K": 2.5}, ValueError, "K must be"),
         ({"method": "pmm", "steps": 100, "blocks": [60, 30]}, ValueError, "sum to"),
         ({"method": "pmm", "steps": 2, "blocks": [2, 0]}, ValueError, "block size"),
-        ({"method": "pmm", "blocks": "geometric"}, ValueError, "unknown block policy"),
+        ({"method": "pmm", "blocks": "geometric"}, ValueError, "blocks must be one of"),
         ({"method": "pmm", "K": 4, "nfe": 30}, ValueError, "not both"),
         ({"method": "pmm", "nfe": 0}, ValueError, "nfe must be"),
         ({"method": "ddpm", "K": 4}, ValueError, "options of method='pmm'"),
         ({"method": "ddim", "eta": -1.0}, ValueError, "eta"),
-        ({"variance": "learned"}, ValueError, "unknown variance"),
+        ({"variance": "learned"}, ValueError, "variance must be one of"),
         ({"data_var": 0.0}, ValueError, "data_var"),
-        ({"spacing": "random"}, ValueError, "unknown spacing"),
+        ({"spacing": "random"}, ValueError, "spacing must be one of"),
         ({"generator": [torch.Generator()]}, ValueError, "one per member"),
         ({"generator": 3}, TypeError, "generator"),
         ({"device": "cuda"}, ValueError, "device='cuda' but x_T is on cpu"),

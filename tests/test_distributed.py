@@ -134,6 +134,7 @@ def test_sample_generators_depend_on_seed_and_index_only():
         (lambda m: shard_range(5, 2, 2), ValueError, r"rank must be an integer in \[0, 1\]"),
         (lambda m: shard_range(5, 0, 0), ValueError, "world_size must be"),
         (lambda m: sample_generators(0, 3, 2), ValueError, "start <= stop"),
+        (lambda m: distributed.sample(m, (4, 2), seed=0, nfe=True), ValueError, "nfe must be"),
     ],
 )
 def test_bad_input(call, error, match):
@@ -149,3 +150,17 @@ def test_numpy_integers_are_accepted_as_counts():
         model, shape, "linear", "ddim", seed=0, batch_size=np.int64(2), steps=5
     )
     assert out.samples.shape == (4, 2)
+
+
+def test_non_finite_values_name_the_rank():
+    """Without a process group this process is rank 0 of 1; the error names the rank, the
+    samples of its batch, and the step and timestep (from the sampler)."""
+
+    def model(x, t):
+        return x * float("nan") if int(t.max()) < 500 else 0.0 * x
+
+    with pytest.raises(
+        FloatingPointError,
+        match=r"rank 0 of 1 \(samples 0\.\.1\): the model returned NaN or inf at step \d+",
+    ):
+        distributed.sample(model, (4, 2), "linear", "ddpm", seed=0, steps=10, batch_size=2)

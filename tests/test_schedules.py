@@ -141,7 +141,7 @@ def test_trailing_grid_is_diffusers_without_its_rounding_overrun(T):
 def test_timestep_grid_bad_input():
     with pytest.raises(ValueError, match="steps must be"):
         timestep_grid(100, 101)
-    with pytest.raises(ValueError, match="unknown spacing"):
+    with pytest.raises(ValueError, match="spacing must be one of"):
         timestep_grid(100, 10, "cubic")
 
 
@@ -183,7 +183,7 @@ def test_stiffness_blocks_follow_data_var():
         ({"K": 0}, "K must be"),
         ({"K": 101}, "K must be"),
         ({"nfe": 0.5}, "nfe must be"),
-        ({"nfe": 10, "policy": "geometric"}, "unknown block policy"),
+        ({"nfe": 10, "policy": "geometric"}, "policy must be one of"),
         ({"nfe": 10}, "needs the schedule"),
         ({"nfe": 10, "schedule": DDPMSchedule.linear(100), "data_var": 0.0}, "data_var"),
         ({"nfe": 10, "schedule": DDPMSchedule.linear(100), "timesteps": [5, 4]}, "length"),

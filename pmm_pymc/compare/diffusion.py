@@ -73,6 +73,14 @@ def _frechet(x: torch.Tensor, y: torch.Tensor, testbed: Any, ctx: dict) -> float
     return float(_metrics.frechet_distance(features(x), features(y)))
 
 
+def _label_tv(x: torch.Tensor, y: torch.Tensor, testbed: Any, ctx: dict) -> float:
+    """Total variation between the classifier-label frequencies of ``x`` and of ``y``."""
+    n_classes = int(testbed.n_classes)
+    p = torch.bincount(testbed.labels(x).cpu(), minlength=n_classes).double() / x.shape[0]
+    q = torch.bincount(testbed.labels(y).cpu(), minlength=n_classes).double() / y.shape[0]
+    return float(0.5 * (p - q).abs().sum())
+
+
 #: Metric name to ``fn(samples, exact, testbed, context)``. The MMDs use one bandwidth per
 #: seed, the median heuristic of that seed's exact samples, so every method is scored with
 #: the same kernel; the sliced Wasserstein distance uses the same 128 directions per seed.
@@ -83,6 +91,7 @@ DIFFUSION_METRICS: dict[str, Metric] = {
     "energy": _energy,
     "log_density_gap": _log_density_gap,
     "frechet": _frechet,
+    "label_tv": _label_tv,
 }
 
 
@@ -90,7 +99,9 @@ def _default_metrics(testbed: Any) -> list[str]:
     """Every metric the testbed supports: the log-density gap needs ``log_prob``; the
     Fréchet distance is computed on ``testbed.features`` (a classifier's) where it has them,
     on the samples themselves otherwise."""
-    names = [m for m in DIFFUSION_METRICS if m != "log_density_gap"]
+    names = [m for m in DIFFUSION_METRICS if m not in ("log_density_gap", "label_tv")]
+    if callable(getattr(testbed, "labels", None)):
+        names.append("label_tv")
     if callable(getattr(testbed, "log_prob", None)):
         names.insert(names.index("energy") + 1, "log_density_gap")
     return names
@@ -144,6 +155,13 @@ class DigitsNetworkTestbed:
         """Classifier features of ``x``."""
         return self._classifier.features(x.to(self.device)).to(x.device)
 
+    n_classes = 10
+
+    @torch.no_grad()
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's digit for each row of ``x`` (int64, on ``x``'s device)."""
+        return self._classifier(x.to(self.device)).argmax(dim=1).to(x.device)
+
 
 _NETWORK_TESTBEDS: dict[str, Callable[[torch.device], Any]] = {
     DigitsNetworkTestbed.name: DigitsNetworkTestbed,
@@ -172,7 +190,8 @@ class DiffusionComparison:
         ``metric``, ``mean`` and ``sd`` (over seeds, ``ddof=1``), ``n_seeds``.
     runs : pandas.DataFrame
         One row per method, target NFE and seed: ``nfe``, ``n_passes`` (sequential network
-        calls), ``wall_s`` and one column per metric.
+        calls), ``fallbacks`` (PMM's stability guard: refused corrections per sample, mean
+        over the samples), ``wall_s`` and one column per metric.
     floor : pandas.DataFrame
         The metrics between two independent sets of exact samples of the same size, per
         metric: ``mean``, ``sd`` over seeds. A sampler cannot be told from exact sampling
@@ -232,6 +251,7 @@ def compare_diffusion(
     device: str | torch.device | None = None,
     schedule: DDPMSchedule | str = "linear",
     metrics: Sequence[str] | None = None,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
     progressbar: bool = False,
 ) -> DiffusionComparison:
     """Score diffusion samplers against exact samples at several budgets of network calls.
@@ -261,7 +281,13 @@ def compare_diffusion(
     schedule : DDPMSchedule or str, default "linear"
         The 1000-step training schedule the testbed's noise predictor is exact for.
     metrics : sequence of str, optional
-        Names of :data:`DIFFUSION_METRICS`; default all.
+        Names of :data:`DIFFUSION_METRICS`; default all the testbed supports (the
+        classifier-label total variation ``label_tv`` needs ``testbed.labels``).
+    variants : mapping of str to mapping, optional
+        More samplers, by label: keyword arguments of :func:`pmm_pymc.diffusion.sample`
+        with a ``method`` (``{"pmm-eps": {"method": "pmm", "parameterization": "eps"}}``),
+        run at every target NFE like their method and reported under their label. With
+        ``nfes`` given per method, give the labels their NFEs there too.
     progressbar : bool, default False
         A tqdm bar over the runs.
 
@@ -302,6 +328,17 @@ def compare_diffusion(
             )
     name = str(getattr(testbed_obj, "name", testbed))
     methods = check_names("methods", methods, METHODS, what="method")
+    options_of = {m: {"method": m} for m in methods}
+    for label, options in (variants or {}).items():
+        if label in options_of or not isinstance(options, Mapping):
+            raise ValueError(f"variant {label!r} must be a new label with a mapping of options")
+        if options.get("method") not in METHODS or {"generator", "x_T"} & set(options):
+            raise ValueError(
+                f"variant {label!r} needs a method of {', '.join(METHODS)} and no generator "
+                f"or x_T, got {dict(options)!r}"
+            )
+        options_of[label] = dict(options)
+    methods = list(options_of)
     if isinstance(nfes, Mapping):
         if set(nfes) != set(methods):
             raise ValueError(
@@ -347,19 +384,15 @@ def compare_diffusion(
                 for target in grid[method]:
                     bar.set_postfix_str(f"seed {seed} {method} {target}")
                     gen = torch.Generator(device=device).manual_seed(seed)
-                    options: dict[str, Any] = (
-                        {"nfe": float(target)} if method == "pmm" else {"steps": min(target, T)}
-                    )
+                    options = dict(options_of[method])
+                    if options["method"] == "pmm":
+                        options["nfe"] = float(target)
+                    else:
+                        options["steps"] = min(target, T)
                     _sync(device)
                     start = time.perf_counter()
                     out = sample(
-                        model,
-                        (n_samples, dim),
-                        schedule,
-                        method,
-                        generator=gen,
-                        device=device,
-                        **options,
+                        model, (n_samples, dim), schedule, generator=gen, device=device, **options
                     )
                     _sync(device)
                     wall = time.perf_counter() - start
@@ -370,6 +403,7 @@ def compare_diffusion(
                         "seed": seed,
                         "nfe": float(out.nfe.double().mean()),
                         "n_passes": int(out.n_passes),
+                        "fallbacks": float(out.fallbacks.double().mean()),
                         "wall_s": wall,
                     }
                     row |= {
@@ -414,6 +448,7 @@ def compare_diffusion(
             "device": str(device),
             "schedule": repr(schedule),
             "metrics": metric_names,
+            "variants": {k: dict(v) for k, v in (variants or {}).items()},
         },
         floor_runs=floor_runs,
     )

@@ -1,7 +1,10 @@
 """PMM for PyTorch users: diffusion samplers and Langevin sampling of torch log-densities.
 
 * :func:`sample` (:mod:`pmm_pymc.diffusion.sampler`): PMM, DDPM, DDIM and DPM-Solver++ for
-  ε-prediction models.
+  ε-prediction models, a facade over one loop per sampler (``sample_pmm``,
+  ``sample_ddpm``, ``sample_ddim``, ``sample_dpmsolver``);
+  :mod:`pmm_pymc.diffusion.layout`: timestep grids, PMM block layouts and coefficients;
+  :mod:`pmm_pymc.diffusion.gaps`: a PMM block advanced gap by gap between fired midpoints.
 * :class:`DDPMSchedule` (:mod:`pmm_pymc.diffusion.schedules`): noise schedules.
 * :func:`sample_langevin` (:mod:`pmm_pymc.diffusion.langevin_torch`): PMM or LMC on any torch
   log-density.

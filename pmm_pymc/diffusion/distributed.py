@@ -203,7 +203,12 @@ def sample(
     ------
     ValueError
         ``shape`` not positive integers, fewer samples than ranks, a bad
-        ``batch_size`` or ``dst``, or a ``generator`` in ``kwargs``.
+        ``batch_size`` or ``dst``, or a ``generator`` in ``kwargs``; any bad
+        option of :func:`pmm_pymc.diffusion.sample` (``nfe=True``, say),
+        before any network call.
+    FloatingPointError
+        The model's output or the state became NaN or inf on this rank: the
+        message names the rank, its samples, the step and the timestep.
 
     Notes
     -----
@@ -237,9 +242,14 @@ def sample(
     for a in range(start, stop, step):
         b = min(stop, a + step)
         gens = sample_generators(seed, a, b, generator_device)
-        out = diffusion.sample(
-            model, (b - a, *shape[1:]), schedule, method, generator=gens, **kwargs
-        )
+        try:
+            out = diffusion.sample(
+                model, (b - a, *shape[1:]), schedule, method, generator=gens, **kwargs
+            )
+        except FloatingPointError as err:  # say which rank and samples, as well as the step
+            raise FloatingPointError(
+                f"rank {rank} of {world_size} (samples {a}..{b - 1}): {err}"
+            ) from err
         pieces.append(out.samples)
         nfes.append(torch.as_tensor(out.nfe, dtype=torch.long).cpu())
         n_passes += int(out.n_passes)

@@ -56,17 +56,43 @@ class RandomSource:
                 f"got {type(generator)!r}"
             )
 
-    def randn(self, event_shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        """Standard normals of shape ``(B, *event_shape)`` on :attr:`device`."""
+    def randn(
+        self,
+        event_shape: Sequence[int],
+        dtype: torch.dtype,
+        members: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        """Standard normals of shape ``(B, *event_shape)`` on :attr:`device`.
+
+        ``members`` (a boolean mask over the batch): with one generator per member, only
+        those members draw (the others get zeros), so that a member's draws do not depend
+        on the rest of the batch; with one generator, the whole batch draws.
+        """
         shape = (self.batch, *event_shape)
         if self.per_member is not None:
             draws = [
                 torch.randn(tuple(event_shape), generator=g, device=g.device, dtype=dtype)
-                for g in self.per_member
+                if members is None or members[m]
+                else torch.zeros(tuple(event_shape), device=g.device, dtype=dtype)
+                for m, g in enumerate(self.per_member)
             ]
             if all(d.device == draws[0].device for d in draws):
                 return self._move(torch.stack(draws))
             return torch.stack([self._move(d) for d in draws])
+        g = self.single
+        if g is None:
+            return torch.randn(shape, device=self.device, dtype=dtype)
+        return self._move(torch.randn(shape, generator=g, device=g.device, dtype=dtype))
+
+    def randn_rows(self, n: int, event_shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """``n`` rows of standard normals from the single generator (shape ``(n, *event)``).
+
+        For a caller that needs noise for only some members of the batch; with one
+        generator per member use :meth:`randn` with ``members``.
+        """
+        if self.per_member is not None:
+            raise ValueError("randn_rows draws from one generator; this source has one per member")
+        shape = (n, *event_shape)
         g = self.single
         if g is None:
             return torch.randn(shape, device=self.device, dtype=dtype)

@@ -14,11 +14,24 @@ with ``s_n^2 = beta_n`` or the posterior variance
 noise on the last step. The Poisson Midpoint Method (Kandasamy & Nagaraj, 2024)
 groups the chain's steps into blocks and runs each block through
 :func:`pmm_pymc.core.pmm_step`: one network call at the block start, a
-frozen-ε rollout, and one batched call at the randomly fired midpoints, each at
-its own timestep. A block of ``K`` steps costs ``2 - 1/K`` calls per sample on
-average. ``"ddpm"`` and ``"ddim"`` are the same chain with blocks of one step
-(so they also run through the core); ``"dpmsolver++"`` is the second-order
-multistep solver of Lu et al. (2022), written directly.
+frozen-drift rollout, and one batched call at the randomly fired midpoints, each
+at its own timestep. A block of ``K`` steps costs ``2 - 1/K`` calls per sample
+on average. A block whose midpoint correction would amplify the state (its
+secant gain, measured from the network's outputs at the fired midpoints, above
+``max_gain``) falls back to the frozen-drift endpoint, for the samples
+concerned; :attr:`DiffusionOutput.fallbacks` counts them.
+
+The module is a thin facade, :func:`sample`, over one short public function per
+sampler, each owning its loop, in the manner of k-diffusion: the timestep grid,
+the block layout and the coefficients are built outside
+(:mod:`pmm_pymc.diffusion.layout`), the random numbers come from an injected
+:class:`~pmm_pymc.diffusion.noise.RandomSource`:
+
+* :func:`sample_pmm`: PMM over a plan of blocks;
+* :func:`sample_ddpm`, :func:`sample_ddim`: the same chain with blocks of one
+  step (so they also run through the core);
+* :func:`sample_dpmsolver`: the second-order multistep solver of Lu et al.
+  (2022), written directly.
 
 The model convention is diffusers': ``model(x, t)`` with ``t`` a LongTensor of
 training-timestep indices ``0..T-1`` of shape ``(batch,)``, returning the
@@ -30,48 +43,73 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pmm_pymc._validate import check_int
-from pmm_pymc.core import AffineChain, fired_from_mask, pmm_step
+from pmm_pymc._validate import check_choice, check_int, check_real
+from pmm_pymc.core import correction_weights, fired_from_mask, pmm_step
+from pmm_pymc.diffusion.gaps import gap_block, gap_tables
+from pmm_pymc.diffusion.layout import (
+    BLOCK_POLICIES,
+    DEFAULT_DATA_VAR,
+    DEFAULT_POLICY,
+    PARAMETERIZATIONS,
+    SPACINGS,
+    VARIANCES,
+    Block,
+    _abar,
+    block_stiffness,
+    ddim_coefficients,
+    ddpm_coefficients,
+    dpmsolver_grid,
+    expected_nfe,
+    plan_blocks,
+    pmm_blocks,
+    timestep_grid,
+    validate_blocks,
+)
 from pmm_pymc.diffusion.noise import GeneratorArg, LazyNoise, RandomSource
 from pmm_pymc.diffusion.schedules import DDPMSchedule, get_schedule
 
 __all__ = [
     "METHODS",
     "DiffusionOutput",
+    "Network",
     "block_stiffness",
     "expected_nfe",
     "pmm_blocks",
     "sample",
+    "sample_ancestral",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpmsolver",
+    "sample_pmm",
     "timestep_grid",
 ]
 
 METHODS = ("pmm", "ddpm", "ddim", "dpmsolver++")
-SPACINGS = ("linspace", "trailing", "leading", "quadratic")
-VARIANCES = ("beta", "beta_tilde")
-BLOCK_POLICIES = ("stiffness", "uniform")
 _HALF = (torch.float16, torch.bfloat16)
 
-#: The default PMM block layout, chosen on the digits64 testbed (docs/results-diffusion.md).
-DEFAULT_POLICY = "stiffness"
-DEFAULT_DATA_VAR = 0.01
 DEFAULT_NFE = 80
 #: Largest block stiffness (:func:`block_stiffness`) PMM runs without a warning.
 MAX_STABLE_STIFFNESS = 1.0
-#: With an NFE budget, PMM's chain has ``min(T, CHAIN_PER_NFE * nfe)`` steps by default.
-CHAIN_PER_NFE = 5
+#: With an NFE budget, PMM's chain has ``min(T, CHAIN_PER_NFE[parameterization] * nfe)``
+#: steps by default (chosen on digits64 and aniso64, docs/results-diffusion.md).
+CHAIN_PER_NFE = {"eps": 5.0, "x0": 1.25}
+#: Largest secant gain of a midpoint correction PMM keeps (see :func:`sample_pmm`).
+DEFAULT_MAX_GAIN = 1.0
+#: ``parameterization="auto"`` freezes the predicted clean sample below this NFE budget and
+#: the predicted noise from it (chosen on digits64 and aniso64, docs/results-diffusion.md).
+X0_BELOW_NFE = 40
 
 Callback = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor], None]
 
 
 class DiffusionOutput(NamedTuple):
-    """Result of :func:`sample`.
+    """Result of :func:`sample` and of the samplers' loops.
 
     Attributes
     ----------
@@ -85,300 +123,35 @@ class DiffusionOutput(NamedTuple):
         at most two per block however many midpoints fire.
     blocks : tuple of int
         The block sizes used (all ones for the baselines).
+    fallbacks : torch.Tensor, shape (B,), int64, on the CPU
+        PMM: the blocks of each sample whose midpoint correction was refused
+        by the stability guard (the sample took the frozen-drift endpoint);
+        zeros for the other samplers.
     """
 
     samples: torch.Tensor
     nfe: torch.Tensor
     n_passes: int
     blocks: tuple[int, ...]
-
-
-# ----------------------------------------------------------------------------- grids and layouts
-def timestep_grid(T: int, steps: int, spacing: str = "linspace") -> np.ndarray:
-    """The descending training timesteps a ``steps``-step sampler visits.
-
-    Parameters
-    ----------
-    T : int
-        Training timesteps of the schedule.
-    steps : int
-        Number of sampler steps, ``1 <= steps <= T``.
-    spacing : {"linspace", "trailing", "leading", "quadratic"}, default "linspace"
-        ``"linspace"`` rounds ``linspace(0, T-1, steps)`` (it starts at
-        ``T-1`` and ends at 0); ``"trailing"`` is ``T - k T/steps`` minus one
-        (diffusers' "trailing"); ``"leading"`` is ``k (T // steps)``
-        (diffusers' "leading", which never reaches ``T-1``); ``"quadratic"``
-        spaces ``sqrt(t)`` evenly (denser at low noise, as in the DDIM paper).
-        With ``steps == T`` all of them give every timestep.
-
-    Returns
-    -------
-    numpy.ndarray of int64, shape (steps,)
-        Strictly decreasing timesteps.
-    """
-    T = int(T)
-    if isinstance(steps, bool) or int(steps) != steps or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer in [1, T={T}], got {steps!r}")
-    steps = int(steps)
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
-    if steps == T:
-        return np.arange(T - 1, -1, -1, dtype=np.int64)
-    if spacing == "linspace":
-        t = np.round(np.linspace(0, T - 1, steps))
-    elif spacing == "trailing":
-        # diffusers' values; its arange can round to steps + 1 entries, the last one -1
-        t = np.round(np.arange(T, 0, -T / steps)[:steps]) - 1
-    elif spacing == "leading":
-        t = np.arange(steps) * (T // steps)
-    else:
-        t = np.round(np.linspace(0.0, math.sqrt(T - 1), steps) ** 2)
-    t = np.unique(t.astype(np.int64))[::-1]
-    if t.shape[0] != steps:  # rounding collisions (only for steps close to T): fill from the top
-        missing = np.setdiff1d(np.arange(T), t)[::-1][: steps - t.shape[0]]
-        t = np.sort(np.concatenate([t, missing]))[::-1]
-    return np.ascontiguousarray(t)
-
-
-def _dpmsolver_grid(T: int, steps: int, spacing: str) -> np.ndarray:
-    """The timesteps of diffusers' ``DPMSolverMultistepScheduler.set_timesteps``.
-
-    Its "linspace" and "leading" take ``steps + 1`` points and drop the last
-    (t = 0): no network call is spent at t = 0, where the solver's final jump to
-    sigma = 0 would start from a nearly clean state after a very long step.
-    """
-    if steps == T or spacing == "trailing":
-        return timestep_grid(T, steps, spacing)
-    return np.ascontiguousarray(timestep_grid(T, steps + 1, spacing)[:-1])
-
-
-def expected_nfe(blocks: Sequence[int]) -> float:
-    """Expected network evaluations per sample of a PMM layout: ``sum_b (2 - 1/K_b)``."""
-    return float(sum(2.0 - 1.0 / k for k in blocks))
-
-
-def _validate_blocks(blocks: Sequence[int], steps: int) -> tuple[int, ...]:
-    try:
-        out = tuple(int(k) for k in blocks)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"blocks must be a sequence of integers, got {blocks!r}") from err
-    if any(k < 1 or k != b for k, b in zip(out, blocks)):
-        raise ValueError(f"every block size must be an integer >= 1, got {list(blocks)}")
-    if sum(out) != steps:
-        raise ValueError(f"block sizes must sum to the chain length steps={steps}, got {sum(out)}")
-    return out
-
-
-def _uniform_blocks(steps: int, K: int) -> tuple[int, ...]:
-    n_full, rest = divmod(steps, K)
-    return (K,) * n_full + ((rest,) if rest else ())
-
-
-def _stiffness_weights(abar: np.ndarray, data_var: float) -> np.ndarray:
-    """Per-step stiffness ``beta_n / (sqrt(alpha_n) (abar_n v + 1 - abar_n))``.
-
-    ``abar`` runs along the chain, from high noise down to the clean end
-    (whose ``abar`` is 1). For a data direction of variance ``v`` the exact ε
-    at noise level ``abar`` has slope ``sqrt(1 - abar) / (abar v + 1 - abar)``
-    along it, so the step's drift ``g_n ε`` has Lipschitz constant ``|g_n|``
-    times that: the weight above. It is about ``beta_n`` at high noise and
-    ``beta_n / v`` at the clean end, where the thin directions make ε stiff.
-    """
-    ab_t, ab_p = abar[:-1], abar[1:]
-    alpha = ab_t / ab_p
-    return (1.0 - alpha) / (np.sqrt(alpha) * (ab_t * data_var + 1.0 - ab_t))
-
-
-def _equal_weight_blocks(weights: np.ndarray, n_blocks: int) -> tuple[int, ...]:
-    """Partition the steps into ``n_blocks`` contiguous blocks of about equal total weight."""
-    steps = weights.shape[0]
-    cum = np.concatenate([[0.0], np.cumsum(weights)])
-    total = cum[-1]
-    ends = [0]
-    for k in range(1, n_blocks + 1):
-        j = int(np.searchsorted(cum, total * k / n_blocks - 1e-12 * total, side="left"))
-        j = min(max(j, ends[-1] + 1), steps - (n_blocks - k))
-        ends.append(j)
-    ends[-1] = steps
-    return tuple(int(b) for b in np.diff(ends))
-
-
-def block_stiffness(
-    blocks: Sequence[int],
-    schedule: DDPMSchedule,
-    timesteps: Sequence[int],
-    data_var: float = DEFAULT_DATA_VAR,
-) -> np.ndarray:
-    """The stiffness of each block of a layout (see :func:`pmm_blocks`, policy "stiffness").
-
-    Parameters
-    ----------
-    blocks : sequence of int
-    schedule : DDPMSchedule
-    timesteps : sequence of int
-        The chain's descending timesteps, one per step.
-    data_var : float, default 0.01
-
-    Returns
-    -------
-    numpy.ndarray, shape (n_blocks,)
-        ``sum_n beta_n / (sqrt(alpha_n) (abar_n v + 1 - abar_n))`` over each
-        block. On the digits64 testbed, layouts whose largest block stiffness
-        exceeded 1 diverged or came out clearly over-dispersed.
-    """
-    t = np.asarray(timesteps, dtype=np.int64)
-    w = _stiffness_weights(np.concatenate([schedule.alphas_cumprod[t], [1.0]]), data_var)
-    ends = np.cumsum((0, *blocks))
-    return np.array([w[a:b].sum() for a, b in zip(ends[:-1], ends[1:])])
-
-
-def pmm_blocks(
-    steps: int,
-    *,
-    nfe: float | None = None,
-    K: int | None = None,
-    policy: str = DEFAULT_POLICY,
-    schedule: DDPMSchedule | None = None,
-    timesteps: Sequence[int] | None = None,
-    data_var: float = DEFAULT_DATA_VAR,
-) -> tuple[int, ...]:
-    """A PMM block layout: the sizes of the blocks from high noise to the clean end.
-
-    Parameters
-    ----------
-    steps : int
-        Length of the chain the blocks partition (``T`` for the fine chain).
-    nfe : float, optional
-        Budget: the layout with the largest expected network evaluations per
-        sample (:func:`expected_nfe`) not above ``nfe``.
-    K : int, optional
-        Uniform blocks of ``K`` steps (the last one shorter if ``K`` does not
-        divide ``steps``). Give exactly one of ``nfe`` and ``K``; ``K``
-        implies ``policy="uniform"``.
-    policy : {"stiffness", "uniform"}, default "stiffness"
-        ``"uniform"``: equal blocks. ``"stiffness"``: blocks of equal total
-        stiffness ``sum_n beta_n / (sqrt(alpha_n) (abar_n v + 1 - abar_n))``,
-        the Lipschitz constant of the steps' drift along a data direction of
-        variance ``v = data_var``; the blocks shrink where ε is stiff (at
-        high noise, where the betas are large, and most at the clean end).
-        Needs ``schedule``.
-    schedule : DDPMSchedule, optional
-        Needed by ``"stiffness"``.
-    timesteps : sequence of int, optional
-        The chain's descending timesteps (default: all ``steps`` of a
-        ``steps = T`` chain, or :func:`timestep_grid`).
-    data_var : float, default 0.01
-        ``v`` of ``"stiffness"``: the smallest data variance (in the model's
-        units) whose spread should be kept; smaller is more conservative.
-
-    Returns
-    -------
-    tuple of int
-        Block sizes summing to ``steps``.
-    """
-    if (nfe is None) == (K is None):
-        raise ValueError("give exactly one of nfe (a budget) and K (uniform block size)")
-    if K is not None:
-        if isinstance(K, bool) or int(K) != K or not 1 <= K <= steps:
-            raise ValueError(f"K must be an integer in [1, steps={steps}], got {K!r}")
-        return _uniform_blocks(steps, int(K))
-    if not (isinstance(nfe, int | float) and math.isfinite(nfe) and nfe >= 1):
-        raise ValueError(f"nfe must be a number >= 1, got {nfe!r}")
-    if policy not in BLOCK_POLICIES:
-        raise ValueError(f"unknown block policy {policy!r}; valid: {', '.join(BLOCK_POLICIES)}")
-    if nfe >= steps:
-        return (1,) * steps
-    if policy == "uniform":
-        best = (steps,)
-        for k in range(steps, 0, -1):
-            layout = _uniform_blocks(steps, k)
-            if expected_nfe(layout) <= nfe:
-                best = layout
-            else:
-                break
-        return best
-    if schedule is None:
-        raise ValueError("policy 'stiffness' needs the schedule")
-    if not (math.isfinite(data_var) and data_var > 0):
-        raise ValueError(f"data_var must be a number > 0, got {data_var!r}")
-    if timesteps is None:
-        timesteps = timestep_grid(schedule.T, steps)
-    t = np.asarray(timesteps, dtype=np.int64)
-    if t.shape != (steps,):
-        raise ValueError(f"timesteps must have length steps={steps}, got {t.shape}")
-    weights = _stiffness_weights(np.concatenate([schedule.alphas_cumprod[t], [1.0]]), data_var)
-    best = (steps,)
-    lo, hi = 1, steps  # expected_nfe grows with the number of blocks: bisect on it
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        layout = _equal_weight_blocks(weights, mid)
-        if expected_nfe(layout) <= nfe:
-            best, lo = layout, mid + 1
-        else:
-            hi = mid - 1
-    return best
-
-
-# ----------------------------------------------------------------------------- coefficients
-def _abar(schedule: DDPMSchedule, t: int) -> float:
-    return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
-
-
-def _ddpm_coefficients(
-    schedule: DDPMSchedule, t: int, t_prev: int, variance: str
-) -> tuple[float, float, float]:
-    """``(a, g, s)`` of the (respaced) ancestral step from ``t`` to ``t_prev`` (-1: clean)."""
-    ab_t, ab_p = _abar(schedule, t), _abar(schedule, t_prev)
-    alpha = ab_t / ab_p
-    beta = 1.0 - alpha
-    a = 1.0 / math.sqrt(alpha)
-    g = -beta / (math.sqrt(alpha) * math.sqrt(1.0 - ab_t))
-    if t_prev < 0:
-        s = 0.0
-    elif variance == "beta":
-        s = math.sqrt(beta)
-    else:
-        s = math.sqrt(beta * (1.0 - ab_p) / (1.0 - ab_t))
-    return a, g, s
-
-
-def _ddim_coefficients(
-    schedule: DDPMSchedule, t: int, t_prev: int, eta: float
-) -> tuple[float, float, float]:
-    """``(a, g, s)`` of the DDIM step ``x' = sqrt(ab') x0 + sqrt(1-ab'-sigma^2) eps + sigma z``."""
-    ab_t, ab_p = _abar(schedule, t), _abar(schedule, t_prev)
-    sigma = eta * math.sqrt((1.0 - ab_p) / (1.0 - ab_t) * (1.0 - ab_t / ab_p))
-    a = math.sqrt(ab_p / ab_t)
-    g = math.sqrt(max(1.0 - ab_p - sigma * sigma, 0.0)) - a * math.sqrt(1.0 - ab_t)
-    return a, g, sigma
-
-
-@dataclass(frozen=True)
-class _Block:
-    timesteps: tuple[int, ...]  # timestep of each sub-step; [0] is the block start
-    chain: AffineChain
-
-
-def _plan(
-    schedule: DDPMSchedule,
-    grid: np.ndarray,
-    blocks: Sequence[int],
-    coefficients: Callable[[int, int], tuple[float, float, float]],
-) -> list[_Block]:
-    ts = [int(t) for t in grid] + [-1]
-    plan: list[_Block] = []
-    start = 0
-    for k in blocks:
-        sub = [coefficients(ts[j], ts[j + 1]) for j in range(start, start + k)]
-        a, g, s = (tuple(c) for c in zip(*sub))
-        plan.append(_Block(tuple(ts[start : start + k]), AffineChain(a, g, s)))
-        start += k
-    return plan
+    fallbacks: torch.Tensor
 
 
 # ----------------------------------------------------------------------------- the network
-class _Network:
-    """Calls the model in its dtype, checks what comes back, counts passes, tracks NaNs."""
+class Network:
+    """The model as the samplers call it: in its dtype, checked, with non-finite values tracked.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t) -> eps`` (see :func:`sample`).
+    model_dtype, state_dtype : torch.dtype
+        The dtype the model is called in, and the dtype of the state and of
+        what the model returns once cast.
+    immediate_check : bool
+        Raise at the first non-finite value (on the CPU); otherwise record
+        device-side flags and look at them once, in :meth:`raise_if_bad`, so
+        that an accelerator's loop never waits on the host.
+    """
 
     def __init__(
         self,
@@ -392,9 +165,10 @@ class _Network:
         self.state_dtype = state_dtype
         self.immediate_check = immediate_check
         self.flags: list[torch.Tensor] = []
-        self.labels: list[str] = []
+        self.messages: list[str] = []
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, label: str) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, where: str) -> torch.Tensor:
+        """The model's ε at ``(x, t)``, checked; ``where`` names the step for the errors."""
         out = self.model(x.to(self.model_dtype), t)
         if not torch.is_tensor(out):
             hint = (
@@ -412,21 +186,72 @@ class _Network:
             raise ValueError(f"the model returned a tensor on {out.device} for input on {x.device}")
         out = out.to(self.state_dtype)
         bad = ~torch.isfinite(out).all()
-        if self.immediate_check:
-            if bool(bad):
-                raise FloatingPointError(f"the model returned NaN or inf at {label}")
-        else:  # no host synchronisation: look at the flags once, after the loop
+        if not self.immediate_check:  # no host synchronisation: the flags are read after the loop
             self.flags.append(bad)
-            self.labels.append(label)
+            self.messages.append(f"the model returned NaN or inf at {where}")
+        elif bool(bad):
+            if not bool(torch.isfinite(x).all()):  # the state was bad before the model saw it
+                self.check_state(x, where)
+            raise FloatingPointError(f"the model returned NaN or inf at {where}")
         return out
 
+    def check_state(self, x: torch.Tensor, where: str) -> None:
+        """Flag a non-finite state at ``where`` (the model's outputs so far were finite)."""
+        self._check(
+            x,
+            f"the state became NaN or inf at {where} although the model's outputs were "
+            "finite: a step overflowed (outputs or a start too large for the state dtype?)",
+        )
+
+    def _check(self, value: torch.Tensor, message: str) -> None:
+        bad = ~torch.isfinite(value).all()
+        if self.immediate_check:
+            if bool(bad):
+                raise FloatingPointError(message)
+        else:  # no host synchronisation: look at the flags once, after the loop
+            self.flags.append(bad)
+            self.messages.append(message)
+
     def raise_if_bad(self) -> None:
+        """Raise the first recorded non-finite value, if any (after the loop)."""
         if not self.flags:
             return
         hits = torch.stack(self.flags).nonzero()
         if hits.numel():
-            label = self.labels[int(hits[0, 0])]
-            raise FloatingPointError(f"the model returned NaN or inf at {label}")
+            raise FloatingPointError(self.messages[int(hits[0, 0])])
+
+
+class _EpsDrift:
+    """PMM's drift over the predicted noise (the model's own output)."""
+
+    def __init__(self, net: Network, schedule: DDPMSchedule) -> None:
+        self.net = net
+        self.schedule = schedule
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, where: str) -> torch.Tensor:
+        return self.net(x, t, where)
+
+    def predict_x0(self, x: torch.Tensor, drift: torch.Tensor, t: int) -> torch.Tensor:
+        ab = _abar(self.schedule, t)
+        return (x - math.sqrt(1.0 - ab) * drift) / math.sqrt(ab)
+
+
+class _X0Drift(_EpsDrift):
+    """PMM's drift over the predicted clean sample ``(x - sigma_t eps) / alpha_t``."""
+
+    def __init__(self, net: Network, schedule: DDPMSchedule, like: torch.Tensor) -> None:
+        super().__init__(net, schedule)
+        ab = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float64)
+        self.alpha = ab.sqrt().to(device=like.device, dtype=like.dtype)
+        self.sigma = (1.0 - ab).sqrt().to(device=like.device, dtype=like.dtype)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, where: str) -> torch.Tensor:
+        eps = self.net(x, t, where)
+        view = (-1,) + (1,) * (x.ndim - 1)
+        return (x - self.sigma[t].view(view) * eps) / self.alpha[t].view(view)
+
+    def predict_x0(self, x: torch.Tensor, drift: torch.Tensor, t: int) -> torch.Tensor:
+        return drift
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -461,6 +286,354 @@ def _resolve_dtypes(
     return dtype, state
 
 
+# ----------------------------------------------------------------------------- the samplers' loops
+def _where(b: int, n: int, t: int) -> str:
+    return f"step {b + 1} of {n} (timestep {t})"
+
+
+def _as_network(model: Network | Callable, x: torch.Tensor) -> Network:
+    if isinstance(model, Network):
+        return model
+    return Network(model, x.dtype, x.dtype, immediate_check=x.device.type == "cpu")
+
+
+def _firing(plan: Sequence[Block], source: RandomSource) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every Bernoulli of the run, drawn before the loop: one ``(B, K)`` mask per block
+    (column 0 False), and the network evaluations per block and sample."""
+    B = source.batch
+    sizes = [blk.chain.K for blk in plan]
+    calls = np.ones((len(plan), B), dtype=np.int64)
+    if max(sizes) == 1:
+        return [np.zeros((B, 1), dtype=bool)] * len(plan), calls
+    masks = []
+    u = source.uniforms(sum(sizes))
+    offset = 0
+    for b, k in enumerate(sizes):
+        mask = u[:, offset : offset + k] < 1.0 / k
+        mask[:, 0] = False
+        calls[b] += mask.sum(axis=1)
+        masks.append(mask)
+        offset += k
+    return masks, calls
+
+
+class _BlockRun(NamedTuple):
+    """What one block's :func:`~pmm_pymc.core.pmm_step` is called with (built before the loop)."""
+
+    chain: Any
+    fired: list
+    weights: Sequence[Any]
+    times: Callable[[int, torch.Tensor], torch.Tensor]
+    noise: Any
+    label: str
+
+
+def _block_runs(
+    plan: Sequence[Block],
+    masks: list[np.ndarray],
+    source: RandomSource,
+    x: torch.Tensor,
+    noise_by: str,
+) -> list[_BlockRun]:
+    event, dev = tuple(x.shape[1:]), x.device
+    runs = []
+    for blk, mask in zip(plan, masks):
+        fired_steps = np.flatnonzero(mask.any(axis=0))
+        ts = [blk.timesteps[i] for i in fired_steps]
+        label = f" (midpoints at timesteps {min(ts)}..{max(ts)})" if ts else ""
+        if noise_by == "gap" and blk.chain.K > 1:
+            gb = gap_block(blk.chain, blk.timesteps, mask, gap_tables(blk.chain), x)
+            runs.append(
+                _BlockRun(
+                    gb.chain,
+                    gb.fired,
+                    gb.weights,
+                    lambda i, idx, gb=gb: gb.timesteps[i][idx],
+                    _GapNoise(source, x, gb.draws, gb.draw_index),
+                    label,
+                )
+            )
+            continue
+        runs.append(
+            _BlockRun(
+                blk.chain,
+                fired_from_mask(mask.T, like=x),
+                correction_weights(blk.chain),
+                lambda i, idx, blk=blk: torch.full(
+                    (idx.shape[0],), blk.timesteps[i], dtype=torch.long, device=dev
+                ),
+                LazyNoise(source, event, x.dtype, blk.chain.s),
+                label,
+            )
+        )
+    return runs
+
+
+class _GapNoise:
+    """``noise[l]``: one standard Gaussian per member whose merged sub-step ``l`` is a real
+    gap (zeros for the others, whose step there is the identity)."""
+
+    def __init__(self, source: RandomSource, like: torch.Tensor, draws: list, index: list) -> None:
+        self.source, self.like, self.draws, self.index = source, like, draws, index
+
+    def __getitem__(self, level: int) -> torch.Tensor:
+        event, dtype = tuple(self.like.shape[1:]), self.like.dtype
+        index = self.index[level]
+        if self.source.per_member is not None or index is None:
+            return self.source.randn(event, dtype, members=self.draws[level])
+        z = torch.zeros_like(self.like)
+        z[index] = self.source.randn_rows(index.shape[0], event, dtype)
+        return z
+
+
+def sample_pmm(
+    model: Network | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    plan: Sequence[Block],
+    source: RandomSource,
+    schedule: DDPMSchedule,
+    *,
+    max_gain: float | None = DEFAULT_MAX_GAIN,
+    noise_by: str = "gap",
+    callback: Callback | None = None,
+    progress: bool = False,
+) -> DiffusionOutput:
+    """PMM over a plan of blocks (:func:`pmm_pymc.diffusion.layout.plan_blocks`).
+
+    Each block is one :func:`pmm_pymc.core.pmm_step`: the drift at the block
+    start, a frozen-drift rollout, and one batched network call at the fired
+    midpoints. The stability guard measures, for every fired midpoint ``i`` of
+    a sample, the secant gain of its correction
+
+    .. math::
+
+        \\gamma_i = |w_i|\\, \\frac{\\lVert b(\\hat x_i, \\tau_i) - b_0 \\rVert}
+        {\\lVert \\hat x_i - x \\rVert},
+
+    with ``w_i`` the correction's weight (:func:`pmm_pymc.core.correction_weights`):
+    the factor by which the correction amplifies the midpoint's displacement
+    (on Langevin dynamics, ``eta L``, the quantity of the MCMC steps' guard).
+    A sample whose largest gain in the block exceeds ``max_gain`` takes the
+    frozen-drift endpoint instead: the block's first-order step, which does
+    not amplify. Nothing else is spent: the gain is made of what the block
+    computed.
+
+    Parameters
+    ----------
+    model : Network or callable
+        The ε-model (a bare callable is wrapped in a :class:`Network` in the
+        state's dtype).
+    x : torch.Tensor, shape (B, *event)
+        The starting noise.
+    plan : sequence of Block
+        The blocks, from high noise to the clean end, all of one
+        parameterisation.
+    source : RandomSource
+        Where the uniforms (drawn once, before the loop) and the Gaussians
+        (sub-step by sub-step) come from.
+    schedule : DDPMSchedule
+    max_gain : float or None, default 1.0
+        The guard's threshold; ``None`` turns the guard off (the scheme as
+        published).
+    noise_by : {"gap", "substep"}, default "gap"
+        ``"gap"``: each member advances from one fired midpoint to the next
+        in one step with one Gaussian (:mod:`pmm_pymc.diffusion.gaps`; the
+        same distribution, a fraction of the work). ``"substep"``: one
+        Gaussian per sub-step of the fine chain, as the scheme is written
+        (reproducible against a plain loop).
+    callback, progress
+        As for :func:`sample`.
+
+    Returns
+    -------
+    DiffusionOutput
+    """
+    net = _as_network(model, x)
+    kinds = {blk.parameterization for blk in plan}
+    if len(kinds) != 1:
+        raise ValueError(f"the plan mixes parameterizations {sorted(kinds)}")
+    drift_fn = _X0Drift(net, schedule, x) if kinds == {"x0"} else _EpsDrift(net, schedule)
+    if max_gain is not None:
+        max_gain = check_real("max_gain", max_gain, gt=0)
+    noise_by = check_choice("noise_by", noise_by, ("gap", "substep"))
+    B, event, dev = x.shape[0], tuple(x.shape[1:]), x.device
+    masks, calls = _firing(plan, source)
+    runs = _block_runs(plan, masks, source, x, noise_by)
+    nfe_so_far = np.zeros(B, dtype=np.int64)
+    fallbacks = torch.zeros(B, dtype=torch.long, device=dev)
+    n_passes, n_blocks = 0, len(plan)
+    for b, (blk, run) in enumerate(
+        tqdm(zip(plan, runs), total=n_blocks, disable=not progress, desc="diffusion")
+    ):
+        t0 = blk.timesteps[0]
+        where = _where(b, n_blocks, t0)
+        b0 = drift_fn(x, torch.full((B,), t0, dtype=torch.long, device=dev), where)
+        n_passes += 1
+        gain = torch.zeros(B, dtype=x.dtype, device=dev) if max_gain is not None else None
+        drift = _midpoint_drift(drift_fn, run, where, x, b0, gain)
+        x_new, info = pmm_step(drift, x, b0, run.noise, run.fired, run.chain, run.weights)
+        n_passes += info.n_evals > 0
+        if gain is not None and info.n_evals > 0:
+            refused = gain > max_gain
+            x_new = torch.where(refused.view((-1,) + (1,) * len(event)), info.endpoint, x_new)
+            fallbacks += refused
+        net.check_state(x_new, where)
+        if callback is not None:
+            nfe_so_far += calls[b]
+            callback(x_new, t0, drift_fn.predict_x0(x, b0, t0), torch.as_tensor(nfe_so_far.copy()))
+        x = x_new
+    net.raise_if_bad()
+    return DiffusionOutput(
+        samples=x,
+        nfe=torch.as_tensor(calls.sum(axis=0)),
+        n_passes=n_passes,
+        blocks=tuple(blk.chain.K for blk in plan),
+        fallbacks=fallbacks.cpu(),
+    )
+
+
+def _midpoint_drift(
+    drift_fn: _EpsDrift,
+    run: _BlockRun,
+    where: str,
+    x: torch.Tensor,
+    b0: torch.Tensor,
+    gain: torch.Tensor | None,
+) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """The core's ``drift(points, groups)`` for one block: each point at its own timestep."""
+
+    def drift(points: torch.Tensor, groups: Any) -> torch.Tensor:
+        t = torch.cat([run.times(i, idx) for i, idx in groups])
+        out = drift_fn(points, t, where + run.label)
+        if gain is not None:
+            _record_gain(gain, points, out, x, b0, groups, run.weights)
+        return out
+
+    return drift
+
+
+def _record_gain(
+    gain: torch.Tensor,
+    points: torch.Tensor,
+    out: torch.Tensor,
+    x: torch.Tensor,
+    b0: torch.Tensor,
+    groups: Any,
+    weights: Sequence[Any],
+) -> None:
+    """``gain[m] = max(gain[m], |w_i| ||b_i - b_0|| / ||x_i - x||)`` over the fired midpoints."""
+    idx = torch.cat([members for _, members in groups]) if len(groups) > 1 else groups[0][1]
+    w = torch.cat(
+        [
+            weights[i][members].flatten()
+            if torch.is_tensor(weights[i])
+            else torch.full((members.shape[0],), float(weights[i]), dtype=x.dtype, device=x.device)
+            for i, members in groups
+        ]
+    )
+    db = (out - b0[idx]).flatten(1).norm(dim=1)
+    dx = (points - x[idx]).flatten(1).norm(dim=1)
+    g = w.abs() * db / dx.clamp_min(torch.finfo(dx.dtype).tiny)
+    gain.scatter_reduce_(0, idx, g, "amax")  # gains are >= 0: the max over repeats
+
+
+def sample_ancestral(
+    model: Network | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    plan: Sequence[Block],
+    source: RandomSource,
+    schedule: DDPMSchedule,
+    *,
+    callback: Callback | None = None,
+    progress: bool = False,
+) -> DiffusionOutput:
+    """DDPM and DDIM: one network call per step of a plan of one-step blocks.
+
+    ``plan`` is :func:`~pmm_pymc.diffusion.layout.plan_blocks` over
+    :func:`~pmm_pymc.diffusion.layout.ddpm_coefficients` (ancestral DDPM) or
+    :func:`~pmm_pymc.diffusion.layout.ddim_coefficients` (DDIM); each step
+    ``x' = a x + g eps(x, t) + s z`` is a PMM block of one sub-step, where nothing can
+    fire, so both run through the same core update. ``sample_ddpm`` and
+    ``sample_ddim`` are this function.
+    """
+    if any(blk.chain.K != 1 for blk in plan):
+        raise ValueError("DDPM and DDIM run a plan of one-step blocks (blocks=(1,) * steps)")
+    return sample_pmm(model, x, plan, source, schedule, callback=callback, progress=progress)
+
+
+sample_ddpm = sample_ancestral
+sample_ddim = sample_ancestral
+
+
+def sample_dpmsolver(
+    model: Network | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    schedule: DDPMSchedule,
+    grid: Sequence[int],
+    *,
+    callback: Callback | None = None,
+    progress: bool = False,
+) -> DiffusionOutput:
+    """DPM-Solver++(2M), data prediction, midpoint form, as diffusers' multistep scheduler.
+
+    ``grid`` is the descending timesteps of the network calls
+    (:func:`~pmm_pymc.diffusion.layout.dpmsolver_grid` gives diffusers' own);
+    the last step goes from ``grid[-1]`` to the clean end.
+
+    diffusers' ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++",
+    solver_order=2, final_sigmas_type="zero")`` given these timesteps: first
+    order on the first step (no previous x0 yet), a final step to sigma = 0
+    (its first-order update is the predicted x0), second order on every other
+    step. (diffusers' ``lower_order_final`` below 15 steps lowers only the last
+    step, already first order here, and third order to second on the one
+    before.)
+    """
+    net = _as_network(model, x)
+    B, dev = x.shape[0], x.device
+    S = len(grid)
+    ts = [int(t) for t in grid] + [-1]
+
+    def alpha_sigma_lambda(t: int) -> tuple[float, float, float]:
+        ab = _abar(schedule, t)
+        alpha, sigma = math.sqrt(ab), math.sqrt(1.0 - ab)
+        lam = math.log(alpha / sigma) if sigma > 0 else math.inf
+        return alpha, sigma, lam
+
+    m_prev: torch.Tensor | None = None
+    lam_prev = 0.0
+    for k in tqdm(range(S), disable=not progress, desc="dpmsolver++"):
+        t, t_next = ts[k], ts[k + 1]
+        a_t, s_t, l_t = alpha_sigma_lambda(t)
+        a_n, s_n, l_n = alpha_sigma_lambda(t_next)
+        where = _where(k, S, t)
+        eps = net(x, torch.full((B,), t, dtype=torch.long, device=dev), where)
+        x0 = (x - s_t * eps) / a_t
+        if t_next < 0:
+            x_new = x0
+        else:
+            h = l_n - l_t
+            phi = math.expm1(-h)  # e^{-h} - 1
+            if m_prev is None:
+                x_new = (s_n / s_t) * x - a_n * phi * x0
+            else:
+                r0 = (l_t - lam_prev) / h
+                d1 = (x0 - m_prev) / r0
+                x_new = (s_n / s_t) * x - a_n * phi * x0 - 0.5 * a_n * phi * d1
+        m_prev, lam_prev = x0, l_t
+        net.check_state(x_new, where)
+        x = x_new
+        if callback is not None:
+            callback(x, t, x0, torch.full((B,), k + 1, dtype=torch.long))
+    net.raise_if_bad()
+    return DiffusionOutput(
+        samples=x,
+        nfe=torch.full((B,), S, dtype=torch.long),
+        n_passes=S,
+        blocks=(1,) * S,
+        fallbacks=torch.zeros(B, dtype=torch.long),
+    )
+
+
 # ----------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def sample(
@@ -474,8 +647,11 @@ def sample(
     blocks: Sequence[int] | str | None = None,
     nfe: float | None = None,
     data_var: float = DEFAULT_DATA_VAR,
+    parameterization: str = "auto",
+    max_gain: float | None = DEFAULT_MAX_GAIN,
+    noise_by: str = "gap",
     eta: float = 0.0,
-    variance: str = "beta_tilde",
+    variance: str | None = None,
     spacing: str = "linspace",
     generator: GeneratorArg = None,
     device: torch.device | str | None = None,
@@ -503,8 +679,9 @@ def sample(
         Length of the chain: the respaced timesteps of ``"ddpm"``, ``"ddim"``,
         ``"dpmsolver++"`` (default 50), or the ancestral chain PMM's blocks
         partition (default: ``T``, the fine chain, with ``K``; the sum of a
-        list of ``blocks``; ``min(T, 5 nfe)`` with a budget, which did best
-        on the digits64 testbed). ``1 <= steps <= T``.
+        list of ``blocks``; with a budget, ``min(T, 5 nfe)`` for
+        ``parameterization="eps"`` and ``min(T, 1.25 nfe)`` for ``"x0"``,
+        chosen on the digits64 and aniso64 testbeds). ``1 <= steps <= T``.
     K : int, optional
         PMM: uniform blocks of ``K`` steps, ``1 <= K <= steps``. ``K = 1`` is
         the ancestral chain itself.
@@ -520,12 +697,37 @@ def sample(
         PMM: the data variance ``v`` of the ``"stiffness"`` policy (the
         thinnest direction whose spread matters, in the model's units) and of
         the stability warning.
+    parameterization : {"auto", "eps", "x0"}, default "auto"
+        PMM: the drift frozen through a block, the predicted noise (the
+        scheme as published) or the predicted clean sample
+        ``(x - sigma_t eps) / alpha_t`` (the exponential integrator of the
+        data-prediction SDE; :func:`pmm_pymc.diffusion.layout.x0_coefficients`).
+        The fine chain is the same. ``"auto"``: ``"x0"`` (with variance
+        ``"beta"`` and a ``1.25 nfe``-step chain) for an NFE budget below
+        40, ``"eps"`` (posterior variance, ``5 nfe`` steps) otherwise and
+        with ``K`` or a list of blocks; chosen on digits64 and aniso64,
+        checked on mixture2d (docs/results-diffusion.md).
+    max_gain : float or None, default 1.0
+        PMM: the stability guard of :func:`sample_pmm`. A sample whose
+        midpoint correction in a block amplifies its displacement by more
+        than ``max_gain`` (a secant estimate made of the network's outputs at
+        the fired midpoints against the block's start) takes the frozen-drift
+        endpoint for that block; ``DiffusionOutput.fallbacks`` counts them.
+        ``None`` turns the guard off.
+    noise_by : {"gap", "substep"}, default "gap"
+        PMM: draw one Gaussian per gap between a sample's fired midpoints
+        (exact in distribution, a fraction of the work) or one per sub-step
+        of the fine chain (the draw order of a plain loop); see
+        :func:`sample_pmm`.
     eta : float, default 0.0
         DDIM's noise: 0 is the deterministic sampler, 1 the ancestral one with
         the posterior variance.
-    variance : {"beta_tilde", "beta"}, default "beta_tilde"
+    variance : {"beta_tilde", "beta"}, optional
         Noise variance of the ancestral steps (PMM and DDPM): the posterior
         ``tilde beta`` (diffusers' "fixed_small") or ``beta`` ("fixed_large").
+        Default ``"beta"`` for PMM over the data-prediction chain (its
+        frozen ``x0`` under-disperses with the posterior variance; the
+        larger noise balances it, as measured), ``"beta_tilde"`` otherwise.
     spacing : {"linspace", "trailing", "leading", "quadratic"}, default "linspace"
         How a respaced chain picks its timesteps (:func:`timestep_grid`). For
         ``"dpmsolver++"`` the grid is that of diffusers'
@@ -555,104 +757,175 @@ def sample(
     Returns
     -------
     DiffusionOutput
-        ``samples``, per-sample ``nfe``, ``n_passes`` and the ``blocks`` used.
+        ``samples``, per-sample ``nfe``, ``n_passes``, the ``blocks`` used
+        and the guard's per-sample ``fallbacks``.
 
     Warns
     -----
     RuntimeWarning
-        When a PMM block is stiffer than 1 (:func:`block_stiffness`): such
-        layouts diverged or over-dispersed on the digits64 testbed.
+        With the guard off (``max_gain=None``) and ``parameterization="eps"``,
+        when a PMM block is stiffer
+        than 1 (:func:`block_stiffness`): such layouts diverged or
+        over-dispersed on the digits64 testbed.
 
     Raises
     ------
     ValueError
         Unknown method, schedule, spacing or variance; ``steps``, ``K`` or
         ``blocks`` out of range; a shape, device or dtype mismatch; a model
-        output of the wrong shape.
+        output of the wrong shape; a starting noise ``x_T`` with NaN or inf.
     FloatingPointError
-        The model returned NaN or inf (the message names the step and
-        timestep). On the CPU the run stops at once; on an accelerator the
-        check is made once after the loop, to avoid synchronising every step.
+        The model returned NaN or inf, or the state became NaN or inf (the
+        message names the step and timestep). On the CPU the run stops at
+        once; on an accelerator the check is made once after the loop, to
+        avoid synchronising every step.
 
     Notes
     -----
     The random numbers are drawn in this order from each generator: ``x_T``
     (when a shape is given), PMM's uniforms for all its Bernoullis (the only
-    host transfer, before the loop), then the Gaussians sub-step by sub-step.
+    host transfer, before the loop), then the Gaussians sub-step by sub-step
+    (``noise_by="substep"``, and the other methods) or, for PMM by default,
+    gap by gap (a member with a list of generators draws one per gap of its
+    own, whatever the batch).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    method = check_choice("method", method, METHODS)
     schedule = get_schedule(schedule)
     T = schedule.T
     if not callable(model):
         raise TypeError(f"model must be callable as model(x, t), got {type(model)!r}")
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
-    if not (isinstance(data_var, int | float) and math.isfinite(data_var) and data_var > 0):
-        raise ValueError(f"data_var must be a number > 0, got {data_var!r}")
-    if not (isinstance(eta, int | float) and 0.0 <= eta and math.isfinite(eta)):
-        raise ValueError(f"eta must be a number >= 0, got {eta!r}")
+    if variance is not None:
+        variance = check_choice("variance", variance, VARIANCES)
+    spacing = check_choice("spacing", spacing, SPACINGS)
+    data_var = check_real("data_var", data_var, gt=0)
+    eta = check_real("eta", eta, ge=0)
+    parameterization = check_choice(
+        "parameterization", parameterization, ("auto", *PARAMETERIZATIONS)
+    )
+    if max_gain is not None:
+        max_gain = check_real("max_gain", max_gain, gt=0)
+    noise_by = check_choice("noise_by", noise_by, ("gap", "substep"))
     if method != "pmm" and (K is not None or blocks is not None or nfe is not None):
         raise ValueError(f"K, blocks and nfe are options of method='pmm', not {method!r}")
-    # ---- the chain length and the block layout
-    if method == "pmm":
-        if K is not None and (blocks is not None or nfe is not None):
-            raise ValueError("give K, or blocks and/or nfe, not both")
-        budget = None
-        if K is None and (blocks is None or isinstance(blocks, str)):
-            policy = DEFAULT_POLICY if blocks is None else blocks
-            if policy not in BLOCK_POLICIES:
-                raise ValueError(
-                    f"unknown block policy {policy!r}; valid: {', '.join(BLOCK_POLICIES)}"
-                )
-            budget = DEFAULT_NFE if nfe is None else nfe
-            if not (isinstance(budget, int | float) and math.isfinite(budget) and budget >= 1):
-                raise ValueError(f"nfe must be a number >= 1, got {budget!r}")
-        elif K is None and nfe is not None:
+    steps, layout_of, parameterization = _chain_and_layout(
+        method, T, steps, K, blocks, nfe, parameterization
+    )
+    if variance is None:  # PMM's data-prediction chain: beta (docs/results-diffusion.md)
+        variance = "beta" if method == "pmm" and parameterization == "x0" else "beta_tilde"
+    x, source, net = _start(model, x_T, generator, device, dtype)
+
+    if method == "dpmsolver++":
+        return sample_dpmsolver(
+            net,
+            x,
+            schedule,
+            dpmsolver_grid(T, steps, spacing),
+            callback=callback,
+            progress=progress,
+        )
+    grid = timestep_grid(T, steps, spacing)
+    layout = layout_of(schedule, grid, data_var)
+    if method == "ddim":
+        plan = plan_blocks(
+            schedule, grid, layout, lambda t, tp: ddim_coefficients(schedule, t, tp, eta)
+        )
+        return sample_ddim(net, x, plan, source, schedule, callback=callback, progress=progress)
+    plan = plan_blocks(
+        schedule,
+        grid,
+        layout,
+        lambda t, tp: ddpm_coefficients(schedule, t, tp, variance),
+        parameterization if method == "pmm" else "eps",
+    )
+    if method == "ddpm":
+        return sample_ddpm(net, x, plan, source, schedule, callback=callback, progress=progress)
+    if max_gain is None and parameterization == "eps" and max(layout) > 1:
+        _warn_if_stiff(layout, schedule, grid, data_var)
+    return sample_pmm(
+        net,
+        x,
+        plan,
+        source,
+        schedule,
+        max_gain=max_gain,
+        noise_by=noise_by,
+        callback=callback,
+        progress=progress,
+    )
+
+
+def _chain_and_layout(
+    method: str,
+    T: int,
+    steps: Any,
+    K: Any,
+    blocks: Any,
+    nfe: Any,
+    parameterization: str,
+) -> tuple[int, Callable[[DDPMSchedule, np.ndarray, float], tuple[int, ...]], str]:
+    """The chain length, the block layout as a function of the grid (checked up front), and
+    PMM's parameterisation with ``"auto"`` resolved."""
+    fixed = "eps" if parameterization == "auto" else parameterization
+    one_step = lambda schedule, grid, data_var: (1,) * len(grid)  # noqa: E731
+    if method != "pmm":
+        steps = min(50, T) if steps is None else steps
+        return check_int("steps", steps, 1, T), one_step, "eps"
+    if K is not None and (blocks is not None or nfe is not None):
+        raise ValueError("give K, or blocks and/or nfe, not both")
+    if K is not None:
+        steps = check_int("steps", T if steps is None else steps, 1, T)
+        k = check_int("K", K, 1, steps)
+        return steps, lambda schedule, grid, data_var: pmm_blocks(steps, K=k), fixed
+    if blocks is not None and not isinstance(blocks, str):
+        if nfe is not None:
             raise ValueError("give a list of blocks or an nfe budget, not both")
         if steps is None:
-            if budget is not None:
-                steps = min(T, int(CHAIN_PER_NFE * budget))
-            elif K is None:
-                steps = sum(int(k) for k in blocks)  # type: ignore[union-attr]
-            else:
-                steps = T
-    elif steps is None:
-        steps = min(50, T)
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if steps > T:
-        raise ValueError(f"steps={steps} exceeds the schedule's T={T} training timesteps")
-    steps = int(steps)
-    grid = (
-        _dpmsolver_grid(T, steps, spacing)
-        if method == "dpmsolver++"
-        else timestep_grid(T, steps, spacing)
-    )
-    if method != "pmm":
-        layout: tuple[int, ...] = (1,) * steps
-    elif K is not None:
-        layout = pmm_blocks(steps, K=check_int("K", K, 1, steps))
-    elif budget is not None:
-        layout = pmm_blocks(
+            try:
+                steps = sum(int(k) for k in blocks)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"blocks must be a sequence of integers, got {blocks!r}") from err
+        steps = check_int("steps", steps, 1, T)
+        layout = validate_blocks(blocks, steps)
+        return steps, lambda schedule, grid, data_var: layout, fixed
+    policy = check_choice("blocks", DEFAULT_POLICY if blocks is None else blocks, BLOCK_POLICIES)
+    budget = check_real("nfe", DEFAULT_NFE if nfe is None else nfe, ge=1)
+    if parameterization == "auto":
+        parameterization = "x0" if budget < X0_BELOW_NFE else "eps"
+    if steps is None:
+        steps = min(T, int(CHAIN_PER_NFE[parameterization] * budget))
+    steps = check_int("steps", steps, 1, T)
+
+    def layout(schedule: DDPMSchedule, grid: np.ndarray, data_var: float) -> tuple[int, ...]:
+        return pmm_blocks(
             steps, nfe=budget, policy=policy, schedule=schedule, timesteps=grid, data_var=data_var
         )
-    else:
-        layout = _validate_blocks(blocks, steps)  # type: ignore[arg-type]
-    if method == "pmm" and max(layout) > 1:
-        stiff = float(block_stiffness(layout, schedule, grid, data_var).max())
-        if stiff > MAX_STABLE_STIFFNESS:
-            warnings.warn(
-                f"PMM blocks reach stiffness {stiff:.2f} > {MAX_STABLE_STIFFNESS} (data_var="
-                f"{data_var}): such layouts diverged or over-dispersed on the digits64 testbed; "
-                "spend more network evaluations (nfe >= 40 or so) or use 'dpmsolver++'",
-                RuntimeWarning,
-                stacklevel=3,  # past the torch.no_grad wrapper, to the caller
-            )
 
-    # ---- x_T, device, dtypes
+    return steps, layout, parameterization
+
+
+def _warn_if_stiff(
+    layout: tuple[int, ...], schedule: DDPMSchedule, grid: np.ndarray, data_var: float
+) -> None:
+    stiff = float(block_stiffness(layout, schedule, grid, data_var).max())
+    if stiff > MAX_STABLE_STIFFNESS:
+        warnings.warn(
+            f"PMM blocks reach stiffness {stiff:.2f} > {MAX_STABLE_STIFFNESS} (data_var="
+            f"{data_var}) with the stability guard off (max_gain=None): such layouts diverged "
+            "or over-dispersed on the digits64 testbed; keep the guard, spend more network "
+            "evaluations (nfe >= 40 or so) or use 'dpmsolver++'",
+            RuntimeWarning,
+            stacklevel=4,  # past _warn_if_stiff, sample and the torch.no_grad wrapper
+        )
+
+
+def _start(
+    model: Any,
+    x_T: Any,
+    generator: GeneratorArg,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, RandomSource, Network]:
+    """The checked starting state, the random source and the checked network."""
     param = _model_parameter(model)
     if torch.is_tensor(x_T):
         if not x_T.is_floating_point():
@@ -674,149 +947,16 @@ def sample(
     if param is not None and not _same_device(param.device, dev):
         raise ValueError(f"the model is on {param.device} but the samples are on {dev}")
     model_dtype, state_dtype = _resolve_dtypes(dtype, x_T if torch.is_tensor(x_T) else None, param)
-    B, event = shape[0], shape[1:]
-    source = RandomSource(generator, B, dev)
+    source = RandomSource(generator, shape[0], dev)
     if torch.is_tensor(x_T):
+        bad = ~torch.isfinite(x_T)
+        if bool(bad.any()):  # one host check before the loop, on any device
+            rows = bad.flatten(1).any(dim=1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"x_T has NaN or inf in {len(rows)} of its {shape[0]} samples (first: "
+                f"{rows[:5]}); the starting noise must be finite"
+            )
         x = x_T.to(state_dtype)
     else:
-        x = source.randn(event, state_dtype)
-
-    net = _Network(model, model_dtype, state_dtype, immediate_check=dev.type == "cpu")
-    if method == "dpmsolver++":
-        x, n_passes = _dpmsolver_2m(net, x, schedule, grid, callback, progress)
-        nfe_per = np.full(B, steps, dtype=np.int64)
-    else:
-        if method == "ddim":
-
-            def coefficients(t: int, t_prev: int) -> tuple[float, float, float]:
-                return _ddim_coefficients(schedule, t, t_prev, float(eta))
-        else:
-
-            def coefficients(t: int, t_prev: int) -> tuple[float, float, float]:
-                return _ddpm_coefficients(schedule, t, t_prev, variance)
-
-        plan = _plan(schedule, grid, layout, coefficients)
-        x, nfe_per, n_passes = _run_blocks(net, x, schedule, plan, source, callback, progress)
-    net.raise_if_bad()
-    return DiffusionOutput(
-        samples=x, nfe=torch.as_tensor(nfe_per), n_passes=n_passes, blocks=tuple(layout)
-    )
-
-
-def _run_blocks(
-    net: _Network,
-    x: torch.Tensor,
-    schedule: DDPMSchedule,
-    plan: list[_Block],
-    source: RandomSource,
-    callback: Callback | None,
-    progress: bool,
-) -> tuple[torch.Tensor, np.ndarray, int]:
-    """The block loop shared by PMM, DDPM and DDIM."""
-    B, event, dev = x.shape[0], tuple(x.shape[1:]), x.device
-    sizes = [blk.chain.K for blk in plan]
-    # all the Bernoullis of the run, drawn and turned into index tensors before the loop
-    fired_all: list[list[torch.Tensor | None]] = []
-    calls = np.ones((len(plan), B), dtype=np.int64)  # network evaluations per block and sample
-    if max(sizes) > 1:
-        u = source.uniforms(sum(sizes))
-        offset = 0
-        for b, k in enumerate(sizes):
-            mask = u[:, offset : offset + k] < 1.0 / k
-            mask[:, 0] = False
-            calls[b] += mask.sum(axis=1)
-            fired_all.append(fired_from_mask(mask.T, like=x))
-            offset += k
-    else:
-        fired_all = [[None]] * len(plan)
-    nfe_per = calls.sum(axis=0)
-    nfe_so_far = np.zeros(B, dtype=np.int64)
-    n_passes = 0
-    n_blocks = len(plan)
-    for b, (blk, fired) in enumerate(
-        tqdm(zip(plan, fired_all), total=n_blocks, disable=not progress, desc="diffusion")
-    ):
-        t0 = blk.timesteps[0]
-        eps0 = net(x, torch.full((B,), t0, dtype=torch.long, device=dev), _where(b, n_blocks, t0))
-        n_passes += 1
-
-        def drift(points: torch.Tensor, groups: Any, blk: _Block = blk, b: int = b) -> torch.Tensor:
-            t = torch.cat(
-                [
-                    torch.full((idx.shape[0],), blk.timesteps[i], dtype=torch.long, device=dev)
-                    for i, idx in groups
-                ]
-            )
-            ts = [blk.timesteps[i] for i, _ in groups]
-            where = _where(b, n_blocks, blk.timesteps[0])
-            label = f"{where} (midpoints at timesteps {min(ts)}..{max(ts)})"
-            return net(points, t, label)
-
-        noise = LazyNoise(source, event, x.dtype, blk.chain.s)
-        x_start = x
-        x, info = pmm_step(drift, x, eps0, noise, fired, blk.chain)
-        n_passes += info.n_evals > 0
-        if callback is not None:
-            nfe_so_far += calls[b]
-            ab = float(schedule.alphas_cumprod[t0])
-            x0_pred = (x_start - math.sqrt(1.0 - ab) * eps0) / math.sqrt(ab)
-            callback(x, t0, x0_pred, torch.as_tensor(nfe_so_far.copy()))
-    return x, nfe_per, n_passes
-
-
-def _where(b: int, n: int, t: int) -> str:
-    return f"step {b + 1} of {n} (timestep {t})"
-
-
-def _dpmsolver_2m(
-    net: _Network,
-    x: torch.Tensor,
-    schedule: DDPMSchedule,
-    grid: np.ndarray,
-    callback: Callback | None,
-    progress: bool,
-) -> tuple[torch.Tensor, int]:
-    """DPM-Solver++(2M), data prediction, midpoint form, as diffusers' multistep scheduler.
-
-    diffusers' ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++",
-    solver_order=2, final_sigmas_type="zero")`` given these timesteps: first
-    order on the first step (no previous x0 yet), a final step to sigma = 0
-    (its first-order update is the predicted x0), second order on every other
-    step. (diffusers' ``lower_order_final`` below 15 steps lowers only the last
-    step, already first order here, and third order to second on the one
-    before.)
-    """
-    B, dev = x.shape[0], x.device
-    S = grid.shape[0]
-    ts = [int(t) for t in grid] + [-1]
-
-    def alpha_sigma_lambda(t: int) -> tuple[float, float, float]:
-        ab = _abar(schedule, t)
-        alpha, sigma = math.sqrt(ab), math.sqrt(1.0 - ab)
-        lam = math.log(alpha / sigma) if sigma > 0 else math.inf
-        return alpha, sigma, lam
-
-    m_prev: torch.Tensor | None = None
-    lam_prev = 0.0
-    for k in tqdm(range(S), disable=not progress, desc="dpmsolver++"):
-        t, t_next = ts[k], ts[k + 1]
-        a_t, s_t, l_t = alpha_sigma_lambda(t)
-        a_n, s_n, l_n = alpha_sigma_lambda(t_next)
-        eps = net(x, torch.full((B,), t, dtype=torch.long, device=dev), _where(k, S, t))
-        x0 = (x - s_t * eps) / a_t
-        if t_next < 0:
-            x_new = x0
-        else:
-            h = l_n - l_t
-            phi = math.expm1(-h)  # e^{-h} - 1
-            if m_prev is None:
-                x_new = (s_n / s_t) * x - a_n * phi * x0
-            else:
-                r0 = (l_t - lam_prev) / h
-                d1 = (x0 - m_prev) / r0
-                x_new = (s_n / s_t) * x - a_n * phi * x0 - 0.5 * a_n * phi * d1
-        m_prev, lam_prev = x0, l_t
-        x = x_new
-        if callback is not None:
-            callback(x, t, x0, torch.full((B,), k + 1, dtype=torch.long))
-    return x, S
+        x = source.randn(shape[1:], state_dtype)
+    return x, source, Network(model, model_dtype, state_dtype, immediate_check=dev.type == "cpu")
