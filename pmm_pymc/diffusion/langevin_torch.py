@@ -27,7 +27,7 @@ from pmm_pymc.diffusion.noise import GeneratorArg, LazyNoise, RandomSource
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["LangevinOutput", "sample_langevin"]
+__all__ = ["LangevinOutput", "check_log_density", "sample_langevin"]
 
 
 class LangevinOutput(NamedTuple):
@@ -381,6 +381,64 @@ def _warn_divergences(
         RuntimeWarning,
         stacklevel=4,  # the caller of sample_langevin, past torch.no_grad's wrapper
     )
+
+
+def check_log_density(
+    log_prob: Callable[[torch.Tensor], torch.Tensor] | None,
+    x0: torch.Tensor,
+    *,
+    score: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Evaluate the gradient once at the starting points and check it, before any sampling.
+
+    Parameters
+    ----------
+    log_prob : callable or None
+        As for :func:`sample_langevin`.
+    x0 : torch.Tensor, shape (B, *event)
+        The starting points.
+    score : callable, optional
+        As for :func:`sample_langevin`.
+
+    Returns
+    -------
+    torch.Tensor
+        The gradient of the log-density at ``x0``.
+
+    Raises
+    ------
+    TypeError
+        If ``x0`` is not a floating-point tensor with a chain dim, or the callables are not
+        callable.
+    ValueError
+        If ``log_prob`` does not return one value per chain, fails on ``x0`` (a wrong event
+        shape, say), the gradient does not have the shape of ``x0``, or ``x0`` or the gradient
+        there is not finite.
+    """
+    grad = _gradient_fn(log_prob, score)
+    if not torch.is_tensor(x0) or not x0.is_floating_point() or x0.ndim < 2:
+        raise TypeError(
+            "x0 must be a floating-point torch.Tensor of shape (chains, *event), got "
+            + (f"shape {tuple(x0.shape)}" if torch.is_tensor(x0) else type(x0).__name__)
+        )
+    if not torch.isfinite(x0).all():
+        bad = _bad_rows(x0).nonzero().flatten().tolist()
+        raise ValueError(f"x0 must be finite; chains {bad} start at NaN or inf")
+    what = "log_prob" if score is None else "score"
+    try:
+        with torch.no_grad():
+            g = grad(x0.detach())
+    except ValueError as err:
+        if "one value per chain" in str(err):
+            raise
+        raise ValueError(f"{what} fails at x0 of shape {tuple(x0.shape)}: {err}") from err
+    except (RuntimeError, IndexError, TypeError) as err:
+        raise ValueError(f"{what} fails at x0 of shape {tuple(x0.shape)}: {err}") from err
+    _check_gradient(g, x0)
+    if not torch.isfinite(g).all():
+        bad = _bad_rows(g).nonzero().flatten().tolist()
+        raise ValueError(f"the gradient of the log-density is NaN or inf at x0 for chains {bad}")
+    return g
 
 
 def _check_gradient(g: torch.Tensor, x: torch.Tensor) -> None:
