@@ -38,6 +38,7 @@ __all__ = [
     "cut_draws",
     "draws_within_budget",
     "error_curve",
+    "fit_to_budget",
     "gradient_evaluations",
     "reference_errors",
     "tabulate_comparison",
@@ -447,6 +448,28 @@ def _scalar_stat(stats: xr.Dataset, suffix: str, reduce: str) -> float:
         return float("nan")
     values = np.concatenate([np.asarray(stats[n].values, dtype=float).ravel() for n in names])
     return float(values.sum() if reduce == "sum" else values.mean())
+
+
+def fit_to_budget(idata: xr.DataTree, budget_per_chain: float | None) -> tuple[xr.DataTree, float]:
+    """One run against the common gradient budget: it sets it, or is cut to it.
+
+    Parameters
+    ----------
+    idata : xarray.DataTree
+        A run whose ``sample_stats`` have ``n_steps``.
+    budget_per_chain : float or None
+        The budget; None when this run is the first of ``budget="gradients"``.
+
+    Returns
+    -------
+    (xarray.DataTree, float)
+        ``idata`` (with None: unchanged, and its mean gradient evaluations per chain become
+        the budget; else cut with :func:`draws_within_budget`) and the budget.
+    """
+    grad = gradient_evaluations(idata["sample_stats"].to_dataset())
+    if budget_per_chain is None:
+        return idata, float(grad.sum(dim="draw").mean())
+    return cut_draws(idata, draws_within_budget(grad, budget_per_chain)), budget_per_chain
 
 
 def tabulate_comparison(

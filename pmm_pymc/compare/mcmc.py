@@ -22,9 +22,11 @@ from pymc.initial_point import make_initial_point_fns_per_chain
 from pymc.step_methods.compound import BlockedStep, CompoundStep
 
 from pmm_pymc._validate import check_int
-from pmm_pymc.compare.diagnostics import SamplerComparison, gradient_evaluations
-from pmm_pymc.compare.diagnostics import cut_draws as _cut
-from pmm_pymc.compare.diagnostics import draws_within_budget as _draws_within
+from pmm_pymc.compare.diagnostics import (
+    SamplerComparison,
+    fit_to_budget,
+    gradient_evaluations,
+)
 from pmm_pymc.compare.diagnostics import tabulate_comparison as _tabulate
 
 __all__ = ["SamplerComparison", "compare_samplers"]
@@ -358,12 +360,8 @@ def compare_samplers(
                 n_draws = math.ceil(budget_per_chain / max(per_draw, 1e-12) * (1 + _BUDGET_MARGIN))
             idata, wall = run(step, draws=n_draws, tune=tune, initvals=initvals, cores=cores)
             bar.update()
-            if budget != "draws":
-                grad = gradient_evaluations(idata["sample_stats"])
-                if budget_per_chain is None:  # the first sampler of budget="gradients"
-                    budget_per_chain = float(grad.sum(dim="draw").mean())
-                else:
-                    idata = _cut(idata, _draws_within(grad, budget_per_chain))
+            if budget != "draws":  # the first of budget="gradients" sets it, the others fit
+                idata, budget_per_chain = fit_to_budget(idata, budget_per_chain)
             traces[name] = idata
             walls[name] = wall
 

@@ -27,9 +27,7 @@ from pmm_pymc._validate import check_choice, check_int, check_real
 from pmm_pymc.compare.diagnostics import (
     ExactMoments,
     SamplerComparison,
-    cut_draws,
-    draws_within_budget,
-    gradient_evaluations,
+    fit_to_budget,
     tabulate_comparison,
 )
 from pmm_pymc.diffusion.langevin_torch import check_log_density, sample_langevin
@@ -310,12 +308,8 @@ def compare_langevin(
         if budget_per_chain is not None and budget != "draws":
             n_draws = math.ceil(budget_per_chain / spec.grad_per_draw() * (1 + _BUDGET_MARGIN))
         dt, wall = _run(log_prob, score, x0, spec, draws=n_draws, **run)
-        if budget != "draws":
-            grad = gradient_evaluations(dt["sample_stats"].to_dataset())
-            if budget_per_chain is None:  # the first sampler of budget="gradients"
-                budget_per_chain = float(grad.sum(dim="draw").mean())
-            else:
-                dt = cut_draws(dt, draws_within_budget(grad, budget_per_chain))
+        if budget != "draws":  # the first of budget="gradients" sets it, the others fit
+            dt, budget_per_chain = fit_to_budget(dt, budget_per_chain)
         traces[name] = dt
         walls[name] = wall
     record = {
