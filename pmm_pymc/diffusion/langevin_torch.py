@@ -264,7 +264,8 @@ def sample_langevin(
     x = x0.detach().clone()
     source = RandomSource(generator, B, x.device)
     nfe = np.zeros(B, dtype=np.int64)
-    step_nfe = np.ones((n_steps, B), dtype=np.int64)  # gradient evaluations of each step
+    n_kept = n_steps // thin
+    draw_nfe = np.zeros((n_kept, B), dtype=np.int64)  # gradient evaluations of each draw
     kept: list[torch.Tensor] = []
     p_fire = 1.0 / K
     # Divergence bookkeeping stays on the device (no host sync in the loop): the step at
@@ -288,11 +289,16 @@ def sample_langevin(
         if j == 0:
             n_here = min(chunk, n_steps - step)
             fired_chunk = []
+            evals = np.ones((n_here, B), dtype=np.int64)  # per step: b0 and fired midpoints
             if K > 1:
                 mask = source.uniforms(n_here * K).reshape(B, n_here, K) < p_fire
                 mask[:, :, 0] = False
-                step_nfe[step : step + n_here] += mask.sum(axis=2).T
+                evals += mask.sum(axis=2).T
                 fired_chunk = [fired_from_mask(mask[:, s, :].T, like=x) for s in range(n_here)]
+            nfe += evals.sum(axis=0)
+            draw = (step + np.arange(n_here)) // thin
+            in_draw = draw < n_kept
+            np.add.at(draw_nfe, draw[in_draw], evals[in_draw])
         fired = fired_chunk[j] if K > 1 else [None]
         b0 = grad(x)
         if step == 0:
@@ -313,10 +319,7 @@ def sample_langevin(
             kept.append(x)
         if callback is not None:
             callback(step, x)
-    nfe += step_nfe.sum(axis=0)
-    n_kept = len(kept)
     samples = torch.stack(kept) if kept else x.new_zeros((0, B, *event))
-    n_steps_draw = step_nfe[: n_kept * thin].reshape(n_kept, thin, B).sum(axis=1)
     diverging = np.zeros((n_kept, B), dtype=bool)
     at = diverged_at.cpu().numpy()
     for c in np.flatnonzero(at >= 0):
@@ -328,7 +331,7 @@ def sample_langevin(
         samples=samples,
         nfe=torch.as_tensor(nfe),
         x=x,
-        n_steps=torch.as_tensor(n_steps_draw),
+        n_steps=torch.as_tensor(draw_nfe),
         diverging=torch.as_tensor(diverging),
         step_size=step_size,
         method=method,
