@@ -322,3 +322,11 @@ def test_cli_end_to_end_on_a_small_target(tmp_path):
     assert dt["posterior"]["x"].shape == (2, 40, 2)
     assert set(dt["sample_stats"].data_vars) == {"n_steps", "diverging", "step_size"}
     dt.close()
+
+
+def test_report_writes_a_huge_number_in_scientific_notation():
+    """A frozen runaway chain gives errors like 1.8e246: not 247 digits in the report."""
+    from pmm_pymc.compare.report import markdown_table
+
+    table = markdown_table(pd.DataFrame({"err": [1.8e246, 299906.0]}))
+    assert "1.8e+246" in table and "| 299906 |" in table

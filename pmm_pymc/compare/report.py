@@ -141,7 +141,7 @@ def _format(value: Any, digits: int) -> str:
     if isinstance(value, float | np.floating):
         if not np.isfinite(value):
             return "–" if np.isnan(value) else str(value)
-        if float(value).is_integer() and abs(value) >= 1:
+        if float(value).is_integer() and 1 <= abs(value) < 1e15:
             return f"{value:.0f}"
         return f"{value:.{digits}g}"
     return str(value).replace("|", "\\|")

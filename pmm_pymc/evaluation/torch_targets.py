@@ -75,6 +75,8 @@ class TorchTarget:
         Coordinates of the event dims.
     mean, sd : numpy.ndarray or None
         Exact mean and standard deviation of each component, where known.
+    covariance : numpy.ndarray or None
+        Exact covariance matrix, where known.
     exact_sample : callable or None
         ``exact_sample(n, generator) -> (n, *event_shape)`` float64 exact draws, where known.
     reference_draws : numpy.ndarray or None
@@ -92,6 +94,7 @@ class TorchTarget:
     coords: dict[str, Any] = field(default_factory=dict)
     mean: np.ndarray | None = None
     sd: np.ndarray | None = None
+    covariance: np.ndarray | None = None
     exact_sample: Callable[[int, torch.Generator], torch.Tensor] | None = None
     reference_draws: np.ndarray | None = None
 
@@ -202,6 +205,7 @@ def _gaussian() -> TorchTarget:
         curvature=float(1.0 / var.min()),
         mean=mu,
         sd=np.sqrt(np.diag(cov)),
+        covariance=cov,
         exact_sample=sample,
     )
 
@@ -266,6 +270,7 @@ def _mixture() -> TorchTarget:
         curvature=float(1.0 / tb.eigenvalues.min()),
         mean=tb.mean.numpy(),
         sd=np.sqrt(np.diag(tb.covariance.numpy())),
+        covariance=tb.covariance.numpy(),
         exact_sample=sample,
     )
 
