@@ -210,15 +210,124 @@ def test_bad_input(kwargs, exc, match):
         sample_langevin(**args)
 
 
-def test_divergence_is_an_error():
-    with pytest.raises(FloatingPointError, match="step size"):
-        sample_langevin(
-            lambda x: -50.0 * (x**2).sum(1),
-            torch.ones(2, 1),
-            step_size=1.0,
-            n_steps=400,
-            method="lmc",
+def _nan_beyond_8(x: torch.Tensor) -> torch.Tensor:
+    """N(0, I), except that the log-density's gradient is NaN where x[0] > 8."""
+    scale = torch.where(x[:, 0] > 8, torch.nan, 1.0).detach()
+    return -0.5 * scale * (x**2).sum(1)
+
+
+def _stiff_beyond_8(x: torch.Tensor) -> torch.Tensor:
+    """N(0, I) inside |x| <= 8, curvature 400 outside: a step of 0.1 runs away there."""
+    curvature = torch.where(x.abs() > 8, 400.0, 1.0).detach()
+    return -0.5 * (curvature * x**2).sum(1)
+
+
+@pytest.mark.parametrize(
+    ("log_prob", "cause", "method"),
+    [(_nan_beyond_8, "the log-density", "pmm"), (_stiff_beyond_8, "the step", "lmc")],
+)
+def test_one_bad_chain_of_16_costs_nothing_to_the_others(log_prob, cause, method):
+    """Chain 5 starts where the target misbehaves; it is frozen and flagged, the 15 others
+    are bit-identical to a run without it (one generator per chain), and the warning names
+    what produced the NaN or inf. Raised FloatingPointError and lost every chain before."""
+    B, bad, n = 16, 5, 60
+    x0 = torch.randn(B, 2, generator=torch.Generator().manual_seed(0))
+    x0[bad] = 9.0
+    good = [c for c in range(B) if c != bad]
+
+    def run(rows):
+        gens = [torch.Generator().manual_seed(100 + c) for c in rows]
+        return sample_langevin(
+            log_prob, x0[rows], step_size=0.1, n_steps=n, method=method, K=4, generator=gens
         )
+
+    with pytest.warns(RuntimeWarning, match=rf"1 of 16 chain\(s\).*came from {cause}.*\[5\]"):
+        out = run(list(range(B)))
+    alone = run(good)
+    torch.testing.assert_close(out.samples[:, good], alone.samples, rtol=0, atol=0)
+    assert torch.isfinite(out.samples).all()
+    assert out.diverging.sum(0).tolist() == [int(c == bad) for c in range(B)]
+    assert not alone.diverging.any()
+    # Frozen at its last finite state: constant from the divergence on.
+    at = int(out.diverging[:, bad].nonzero()[0, 0])
+    frozen = out.samples[at:, bad]
+    assert (frozen == frozen[0]).all()
+    if cause == "the log-density":  # NaN gradient at the start: it never moved
+        assert at == 0 and torch.equal(frozen[0], x0[bad])
+    dt = out.to_datatree()
+    assert int(dt["sample_stats"]["diverging"].sum()) == 1
+    assert bool(dt["sample_stats"]["diverging"].isel(chain=bad, draw=at))
+
+
+@pytest.mark.parametrize(("thin", "K"), [(1, 1), (3, 4)])
+def test_to_datatree_round_trips_shapes_dims_and_stats(thin, K):
+    """Posterior (chain, draw, *event) with the user's dim names and coords; sample_stats
+    n_steps (gradient evaluations per draw: their total is nfe, minus the steps after the
+    last kept draw), diverging, step_size; numpy whatever the tensors were."""
+    import arviz_stats as azs
+
+    B, n = 4, 31
+    out = sample_langevin(
+        std_normal_log_prob,
+        torch.zeros(B, 2, 3),
+        step_size=0.3,
+        n_steps=n,
+        method="pmm" if K > 1 else "lmc",
+        K=K,
+        thin=thin,
+        generator=torch.Generator().manual_seed(3),
+    )
+    dt = out.to_datatree("theta", dims=["row", "col"], coords={"col": ["a", "b", "c"]})
+    post, stats = dt["posterior"], dt["sample_stats"]
+    n_kept = n // thin
+    assert post["theta"].dims == ("chain", "draw", "row", "col")
+    assert post["theta"].shape == (B, n_kept, 2, 3)
+    assert list(post["col"].values) == ["a", "b", "c"]
+    assert isinstance(post["theta"].values, np.ndarray)
+    np.testing.assert_array_equal(post["theta"].values, out.samples.numpy().transpose(1, 0, 2, 3))
+    assert set(stats.data_vars) == {"n_steps", "diverging", "step_size"}
+    assert stats["n_steps"].dims == ("chain", "draw") and stats["n_steps"].shape == (B, n_kept)
+    assert stats["diverging"].dtype == bool and not stats["diverging"].any()
+    assert np.all(stats["step_size"].values == 0.3)
+    # every draw costs thin steps of 1 gradient + fired midpoints (at most K - 1 each)
+    per_draw = stats["n_steps"].values
+    assert per_draw.min() >= thin and per_draw.max() <= thin * K
+    tail = n - n_kept * thin  # steps after the last kept draw
+    assert np.all(per_draw.sum(axis=1) <= out.nfe.numpy())
+    assert np.all(per_draw.sum(axis=1) >= out.nfe.numpy() - tail * K)
+    if K == 1:
+        assert np.all(per_draw == thin)
+    assert post.attrs["method"] == ("pmm" if K > 1 else "lmc") and post.attrs["K"] == K
+    # ArviZ's ESS on the DataTree equals ArviZ's ESS on the same numpy array
+    arr = out.samples.numpy().transpose(1, 0, 2, 3)
+    on_tree = azs.ess(dt, var_names=["theta"])["theta"].values
+    on_array = azs.ess(arr, chain_axis=0, draw_axis=1)
+    np.testing.assert_array_equal(on_tree, on_array)
+    summary = azs.summary(dt)
+    assert len(summary) == 6 and "ess_bulk" in summary.columns
+    default = out.to_datatree()
+    assert default["posterior"]["x"].dims == ("chain", "draw", "x_dim_0", "x_dim_1")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"dims": ["only_one"]}, "name the 2 event dim"),
+        ({"dims": ["chain", "b"]}, "sample dim names"),
+        ({"var_name": ""}, "var_name"),
+    ],
+)
+def test_to_datatree_bad_input(kwargs, match):
+    out = sample_langevin(std_normal_log_prob, torch.zeros(2, 2, 2), step_size=0.1, n_steps=2)
+    with pytest.raises(ValueError, match=match):
+        out.to_datatree(**kwargs)
+
+
+def test_non_finite_start_is_refused():
+    x0 = torch.zeros(3, 2)
+    x0[1, 0] = torch.nan
+    with pytest.raises(ValueError, match=r"x0 must be finite; chains \[1\]"):
+        sample_langevin(std_normal_log_prob, x0, step_size=0.1, n_steps=2)
 
 
 @pytest.mark.gpu

@@ -5,6 +5,13 @@ module only lays them out as one tidy row per scalar component of each variable,
 effective sample sizes by the gradient evaluations that bought them, and compares the draws with
 reference draws in units of the reference standard deviation.
 
+The tables of a whole comparison (:class:`SamplerComparison`, :func:`tabulate_comparison`) and
+the cutting of runs to a common gradient budget (:func:`draws_within_budget`, :func:`cut_draws`)
+live here too, so that the PyMC comparison (:mod:`pmm_pymc.compare.mcmc`) and the torch one
+(:mod:`pmm_pymc.compare.torch_langevin`) share them.
+
+A reference is either reference draws or a target's exact moments (:class:`ExactMoments`).
+
 Component order: a variable of shape ``(3, 2)`` has six components, flattened in C order over
 its non-sample dims (as :meth:`xarray.DataArray.to_series` does), labelled ``name[i, j]`` with the
 coordinate values. Reference draws are matched positionally, so the reference may use other
@@ -13,7 +20,9 @@ dim names than the model (posteriordb and PyMC often do).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import arviz_stats as azs
 import numpy as np
@@ -25,14 +34,42 @@ from pmm_pymc._validate import check_int
 
 __all__ = [
     "SAMPLE_DIMS",
+    "ExactMoments",
+    "SamplerComparison",
     "component_labels",
+    "cut_draws",
+    "draws_within_budget",
     "error_curve",
+    "fit_to_budget",
     "gradient_evaluations",
     "reference_errors",
+    "tabulate_comparison",
     "variable_diagnostics",
 ]
 
 SAMPLE_DIMS = ("chain", "draw")
+
+
+class ExactMoments(NamedTuple):
+    """A target's exact means and standard deviations, a reference without Monte-Carlo error.
+
+    Attributes
+    ----------
+    mean, sd : xarray.Dataset
+        One variable per sampled variable, with its event dims only (no ``chain``/``draw``).
+    draws : xarray.Dataset, optional
+        Exact independent draws (dims ``chain``, ``draw`` and the event dims), used only for
+        the Wasserstein distance ``w1``; without them ``w1`` is NaN.
+    """
+
+    mean: xr.Dataset
+    sd: xr.Dataset
+    draws: xr.Dataset | None = None
+
+    @property
+    def data_vars(self) -> Any:
+        """The variables covered, as :attr:`xarray.Dataset.data_vars`."""
+        return self.mean.data_vars
 
 
 def _event_dims(da: xr.DataArray) -> list[str]:
@@ -191,9 +228,10 @@ def reference_errors(
     ----------
     posterior : xarray.Dataset
         Draws with dims ``chain`` and ``draw``.
-    reference : xarray.DataTree or xarray.Dataset
-        Reference draws (a DataTree's ``posterior`` group is used). Components are matched
-        by position within each variable.
+    reference : xarray.DataTree, xarray.Dataset or ExactMoments
+        Reference draws (a DataTree's ``posterior`` group is used), or exact moments (then
+        ``ref_mean`` and ``ref_sd`` are exact, and ``w1`` is against the exact draws if
+        given, else NaN). Components are matched by position within each variable.
     var_names : sequence of str, optional
         Variables to compare; default the reference variables that are in ``posterior``.
 
@@ -208,7 +246,8 @@ def reference_errors(
     ValueError
         If a variable is missing from either side or the sizes differ.
     """
-    ref = _reference_dataset(reference)
+    exact = reference if isinstance(reference, ExactMoments) else None
+    ref = exact.mean if exact is not None else _reference_dataset(reference)
     if var_names is None:
         var_names = [v for v in ref.data_vars if v in posterior.data_vars]
         if not var_names:
@@ -224,18 +263,31 @@ def reference_errors(
                 raise ValueError(f"variable {var!r} is missing from the {side}")
         da = posterior[var]
         x = _flat_draws(da)
-        r = _flat_draws(ref[var])
-        if x.shape[-1] != r.shape[-1]:
+        if exact is not None:
+            ref_mean = np.asarray(exact.mean[var].values, dtype=float).reshape(-1)
+            ref_sd = np.asarray(exact.sd[var].values, dtype=float).reshape(-1)
+            r = None if exact.draws is None else _flat_draws(exact.draws[var])
+            n_ref = ref_mean.size
+        else:
+            r = _flat_draws(ref[var])
+            n_ref = r.shape[-1]
+        if x.shape[-1] != n_ref:
             raise ValueError(
                 f"variable {var!r} has {x.shape[-1]} components in the draws and "
-                f"{r.shape[-1]} in the reference"
+                f"{n_ref} in the reference"
             )
         x = x.reshape(-1, x.shape[-1])
-        r = r.reshape(-1, r.shape[-1])
-        ref_mean = r.mean(axis=0)
-        ref_sd = r.std(axis=0, ddof=1)
+        if r is not None:
+            r = r.reshape(-1, r.shape[-1])
+        if exact is None:
+            ref_mean = r.mean(axis=0)
+            ref_sd = r.std(axis=0, ddof=1)
         w1 = np.array(
-            [wasserstein_distance(x[:, j], r[:, j]) for j in range(x.shape[1])], dtype=float
+            [
+                wasserstein_distance(x[:, j], r[:, j]) if r is not None else np.nan
+                for j in range(x.shape[1])
+            ],
+            dtype=float,
         )
         frame = pd.DataFrame(
             {
@@ -274,8 +326,8 @@ def error_curve(
     grad_per_draw : xarray.DataArray
         Gradient evaluations of each draw, dims ``(chain, draw)``
         (see :func:`gradient_evaluations`).
-    reference : xarray.DataTree or xarray.Dataset
-        Reference draws.
+    reference : xarray.DataTree, xarray.Dataset or ExactMoments
+        Reference draws or exact moments (see :func:`reference_errors`).
     var_names : sequence of str, optional
         Variables to compare (default: those shared with the reference).
     n_points : int, default 12
@@ -311,3 +363,201 @@ def error_curve(
             }
         )
     return pd.DataFrame(rows)
+
+
+@dataclass
+class SamplerComparison:
+    """What a comparison of samplers measured, on PyMC or torch.
+
+    Returned by :func:`pmm_pymc.compare.compare_samplers` (PyMC step methods) and
+    :func:`pmm_pymc.compare.torch_langevin.compare_langevin` (torch log-densities); built by
+    :func:`tabulate_comparison`, so both have the same columns.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per sampler and scalar component of each variable: ``sampler``,
+        ``variable``, ``label``, ``mean``, ``sd``, ``ess_bulk``, ``ess_tail``, ``r_hat``,
+        ``mcse_mean`` (ArviZ), ``ess_bulk_per_1k_grad``, ``ess_tail_per_1k_grad`` and, with
+        a reference (draws or exact moments), ``ref_mean``, ``ref_sd``, ``mean_err``,
+        ``sd_err``, ``w1`` (in reference-sd units; see :func:`reference_errors`).
+    summary : pandas.DataFrame
+        One row per sampler: ``draws`` (per chain), ``chains``, ``grad_evals`` (post-tuning,
+        all chains), ``grad_per_draw``, ``budget_ratio`` (``grad_evals`` over the common
+        budget), ``step_size`` (mean), ``divergences``, ``wall_time_s`` (the main run:
+        tuning and all its draws, before they are cut to the budget; not a pilot),
+        ``min_ess_bulk``, ``min_ess_tail``, ``min_ess_bulk_per_1k_grad``,
+        ``min_ess_tail_per_1k_grad``, ``max_r_hat``, ``max_mcse_over_sd`` and, with a
+        reference, ``max_abs_mean_err``,
+        ``rms_mean_err``, ``max_abs_sd_err``, ``mean_w1``.
+    traces : dict of str to xarray.DataTree
+        Each sampler's run as an ArviZ DataTree, cut to the common budget.
+    error_curves : dict of str to pandas.DataFrame
+        With a reference: each sampler's error against the reference for prefixes of its
+        chains, against the gradient evaluations spent (:func:`error_curve`).
+    budget : float or None
+        The common budget, gradient evaluations per chain (None with ``budget="draws"``).
+    settings : dict
+        The arguments of the run, for the record.
+    """
+
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    traces: dict[str, xr.DataTree]
+    error_curves: dict[str, pd.DataFrame] = field(default_factory=dict)
+    budget: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def cut_draws(idata: xr.DataTree, n_draws: int) -> xr.DataTree:
+    """The first ``n_draws`` post-tuning draws of every chain (other groups untouched).
+
+    Parameters
+    ----------
+    idata : xarray.DataTree
+    n_draws : int
+
+    Returns
+    -------
+    xarray.DataTree
+        A copy with ``posterior`` and ``sample_stats`` cut.
+    """
+    out = idata.copy()
+    for group in ("posterior", "sample_stats"):
+        if group in out.children:
+            out[group] = out[group].to_dataset().isel(draw=slice(0, n_draws))
+    return out
+
+
+def draws_within_budget(grad: xr.DataArray, budget_per_chain: float) -> int:
+    """Largest draw count whose mean cost per chain stays within the budget (at least 1).
+
+    Parameters
+    ----------
+    grad : xarray.DataArray
+        Gradient evaluations of each draw, ``(chain, draw)`` (:func:`gradient_evaluations`).
+    budget_per_chain : float
+
+    Returns
+    -------
+    int
+    """
+    mean_cum = np.cumsum(np.asarray(grad.values, dtype=float), axis=1).mean(axis=0)
+    return max(1, int(np.searchsorted(mean_cum, budget_per_chain * (1 + 1e-12), side="right")))
+
+
+def _scalar_stat(stats: xr.Dataset, suffix: str, reduce: str) -> float:
+    names = [n for n in stats.data_vars if str(n) == suffix or str(n).endswith("__" + suffix)]
+    if not names:
+        return float("nan")
+    values = np.concatenate([np.asarray(stats[n].values, dtype=float).ravel() for n in names])
+    return float(values.sum() if reduce == "sum" else values.mean())
+
+
+def fit_to_budget(idata: xr.DataTree, budget_per_chain: float | None) -> tuple[xr.DataTree, float]:
+    """One run against the common gradient budget: it sets it, or is cut to it.
+
+    Parameters
+    ----------
+    idata : xarray.DataTree
+        A run whose ``sample_stats`` have ``n_steps``.
+    budget_per_chain : float or None
+        The budget; None when this run is the first of ``budget="gradients"``.
+
+    Returns
+    -------
+    (xarray.DataTree, float)
+        ``idata`` (with None: unchanged, and its mean gradient evaluations per chain become
+        the budget; else cut with :func:`draws_within_budget`) and the budget.
+    """
+    grad = gradient_evaluations(idata["sample_stats"].to_dataset())
+    if budget_per_chain is None:
+        return idata, float(grad.sum(dim="draw").mean())
+    return cut_draws(idata, draws_within_budget(grad, budget_per_chain)), budget_per_chain
+
+
+def tabulate_comparison(
+    traces: Mapping[str, xr.DataTree],
+    walls: Mapping[str, float],
+    names: list[str],
+    ref: xr.Dataset | ExactMoments | None,
+    budget_per_chain: float | None,
+    settings: dict[str, Any],
+) -> SamplerComparison:
+    """The tables of a comparison: ArviZ diagnostics and reference errors of every run.
+
+    Parameters
+    ----------
+    traces : mapping of str to xarray.DataTree
+        Sampler name to its run (``posterior`` and ``sample_stats`` with ``n_steps``).
+    walls : mapping of str to float
+        Sampler name to its wall time in seconds.
+    names : list of str
+        Variables to tabulate (those missing from a run are skipped).
+    ref : xarray.Dataset, ExactMoments or None
+        Reference draws or exact moments.
+    budget_per_chain : float or None
+        The common gradient budget per chain.
+    settings : dict
+        Recorded as :attr:`SamplerComparison.settings`.
+
+    Returns
+    -------
+    SamplerComparison
+    """
+    tables, summaries, curves = [], [], {}
+    for name, idata in traces.items():
+        posterior = idata["posterior"].to_dataset()
+        stats = idata["sample_stats"].to_dataset()
+        var_names = [v for v in names if v in posterior.data_vars]
+        try:
+            grad = gradient_evaluations(stats)
+            grad_evals = float(grad.sum())
+        except ValueError:
+            grad, grad_evals = None, float("nan")
+        table = variable_diagnostics(posterior, var_names=var_names, grad_evals=grad_evals)
+        if ref is not None:
+            ref_vars = [v for v in var_names if v in ref.data_vars]
+            errs = reference_errors(posterior, ref, var_names=ref_vars)
+            table = table.merge(errs, on=["variable", "label"], how="left")
+            if grad is not None:
+                curves[name] = error_curve(posterior, grad, ref, var_names=ref_vars)
+        table.insert(0, "sampler", name)
+        tables.append(table)
+        n_chains, n_draws = posterior.sizes["chain"], posterior.sizes["draw"]
+        row = {
+            "sampler": name,
+            "draws": n_draws,
+            "chains": n_chains,
+            "grad_evals": grad_evals,
+            "grad_per_draw": grad_evals / (n_chains * n_draws),
+            "budget_ratio": (
+                grad_evals / (budget_per_chain * n_chains) if budget_per_chain else float("nan")
+            ),
+            "step_size": _scalar_stat(stats, "step_size", "mean"),
+            "divergences": int(np.nan_to_num(_scalar_stat(stats, "diverging", "sum"))),
+            "wall_time_s": walls[name],
+            "min_ess_bulk": table["ess_bulk"].min(),
+            "min_ess_tail": table["ess_tail"].min(),
+            "min_ess_bulk_per_1k_grad": table["ess_bulk_per_1k_grad"].min(),
+            "min_ess_tail_per_1k_grad": table["ess_tail_per_1k_grad"].min(),
+            "max_r_hat": table["r_hat"].max(),
+            "max_mcse_over_sd": (table["mcse_mean"] / table["sd"]).max(),
+        }
+        if ref is not None:
+            err = table.dropna(subset=["mean_err"])
+            row.update(
+                max_abs_mean_err=err["mean_err"].abs().max(),
+                rms_mean_err=float(np.sqrt((err["mean_err"] ** 2).mean())),
+                max_abs_sd_err=err["sd_err"].abs().max(),
+                mean_w1=err["w1"].mean(),
+            )
+        summaries.append(row)
+    return SamplerComparison(
+        table=pd.concat(tables, ignore_index=True),
+        summary=pd.DataFrame(summaries),
+        traces=dict(traces),
+        error_curves=curves,
+        budget=budget_per_chain,
+        settings=settings,
+    )

@@ -13,11 +13,9 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import pymc as pm
 import xarray as xr
 from pymc.initial_point import make_initial_point_fns_per_chain
@@ -25,11 +23,11 @@ from pymc.step_methods.compound import BlockedStep, CompoundStep
 
 from pmm_pymc._validate import check_bool, check_int, check_names
 from pmm_pymc.compare.diagnostics import (
-    error_curve,
+    SamplerComparison,
+    fit_to_budget,
     gradient_evaluations,
-    reference_errors,
-    variable_diagnostics,
 )
+from pmm_pymc.compare.diagnostics import tabulate_comparison as _tabulate
 
 __all__ = ["SamplerComparison", "compare_samplers"]
 
@@ -41,47 +39,6 @@ Budget = Literal["gradients", "draws"] | int
 #: draws are cut back to it (the pilot's cost per draw is itself an estimate).
 _BUDGET_MARGIN = 0.05
 _JITTER_RETRIES = 10
-
-
-@dataclass
-class SamplerComparison:
-    """What :func:`compare_samplers` measured.
-
-    Attributes
-    ----------
-    table : pandas.DataFrame
-        One row per sampler and scalar component of each variable: ``sampler``,
-        ``variable``, ``label``, ``mean``, ``sd``, ``ess_bulk``, ``ess_tail``, ``r_hat``,
-        ``mcse_mean`` (ArviZ), ``ess_bulk_per_1k_grad``, ``ess_tail_per_1k_grad`` and, with
-        reference draws, ``ref_mean``, ``ref_sd``, ``mean_err``, ``sd_err``, ``w1`` (in
-        reference-sd units; see :func:`pmm_pymc.compare.diagnostics.reference_errors`).
-    summary : pandas.DataFrame
-        One row per sampler: ``draws`` (per chain), ``chains``, ``grad_evals`` (post-tuning,
-        all chains), ``grad_per_draw``, ``budget_ratio`` (``grad_evals`` over the common
-        budget), ``step_size`` (mean), ``divergences``, ``wall_time_s`` (the
-        main :func:`pymc.sample` call: tuning and all its draws, before they are cut to the
-        budget; not the pilot), ``min_ess_bulk``, ``min_ess_tail``,
-        ``min_ess_bulk_per_1k_grad``, ``min_ess_tail_per_1k_grad``, ``max_r_hat``,
-        ``max_mcse_over_sd`` and, with reference draws, ``max_abs_mean_err``,
-        ``rms_mean_err``, ``max_abs_sd_err``, ``mean_w1``.
-    traces : dict of str to xarray.DataTree
-        Each sampler's :func:`pymc.sample` result, cut to the common budget.
-    error_curves : dict of str to pandas.DataFrame
-        With reference draws: each sampler's error against the reference for prefixes of its
-        chains, against the gradient evaluations spent
-        (:func:`pmm_pymc.compare.diagnostics.error_curve`).
-    budget : float or None
-        The common budget, gradient evaluations per chain (None with ``budget="draws"``).
-    settings : dict
-        The arguments of the run, for the record.
-    """
-
-    table: pd.DataFrame
-    summary: pd.DataFrame
-    traces: dict[str, xr.DataTree]
-    error_curves: dict[str, pd.DataFrame] = field(default_factory=dict)
-    budget: float | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------
@@ -248,32 +205,9 @@ def _run(
     return idata, wall
 
 
-def _cut(idata: xr.DataTree, n_draws: int) -> xr.DataTree:
-    """The first ``n_draws`` post-tuning draws of every chain (other groups untouched)."""
-    out = idata.copy()
-    for group in ("posterior", "sample_stats"):
-        if group in out.children:
-            out[group] = out[group].to_dataset().isel(draw=slice(0, n_draws))
-    return out
-
-
 def _pilot_draws(draws: int) -> int:
     """Draws of a pilot run: a fifth of the draws, between 20 and 200."""
     return max(20, min(200, draws // 5))
-
-
-def _draws_within(grad: xr.DataArray, budget_per_chain: float) -> int:
-    """Largest draw count whose mean cost per chain stays within the budget (at least 1)."""
-    mean_cum = np.cumsum(np.asarray(grad.values, dtype=float), axis=1).mean(axis=0)
-    return max(1, int(np.searchsorted(mean_cum, budget_per_chain * (1 + 1e-12), side="right")))
-
-
-def _scalar_stat(stats: xr.Dataset, suffix: str, reduce: str) -> float:
-    names = [n for n in stats.data_vars if str(n) == suffix or str(n).endswith("__" + suffix)]
-    if not names:
-        return float("nan")
-    values = np.concatenate([np.asarray(stats[n].values, dtype=float).ravel() for n in names])
-    return float(values.sum() if reduce == "sum" else values.mean())
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
@@ -440,12 +374,8 @@ def compare_samplers(
                 n_draws = math.ceil(budget_per_chain / max(per_draw, 1e-12) * (1 + _BUDGET_MARGIN))
             idata, wall = run(step, draws=n_draws, tune=tune, initvals=initvals, cores=cores)
             bar.update()
-            if budget != "draws":
-                grad = gradient_evaluations(idata["sample_stats"])
-                if budget_per_chain is None:  # the first sampler of budget="gradients"
-                    budget_per_chain = float(grad.sum(dim="draw").mean())
-                else:
-                    idata = _cut(idata, _draws_within(grad, budget_per_chain))
+            if budget != "draws":  # the first of budget="gradients" sets it, the others fit
+                idata, budget_per_chain = fit_to_budget(idata, budget_per_chain)
             traces[name] = idata
             walls[name] = wall
 
@@ -459,69 +389,3 @@ def compare_samplers(
         "cores": cores,
     }
     return _tabulate(traces, walls, names, ref, budget_per_chain, settings)
-
-
-def _tabulate(
-    traces: Mapping[str, xr.DataTree],
-    walls: Mapping[str, float],
-    names: list[str],
-    ref: xr.Dataset | None,
-    budget_per_chain: float | None,
-    settings: dict[str, Any],
-) -> SamplerComparison:
-    tables, summaries, curves = [], [], {}
-    for name, idata in traces.items():
-        posterior = idata["posterior"].to_dataset()
-        stats = idata["sample_stats"].to_dataset()
-        var_names = [v for v in names if v in posterior.data_vars]
-        try:
-            grad = gradient_evaluations(stats)
-            grad_evals = float(grad.sum())
-        except ValueError:
-            grad, grad_evals = None, float("nan")
-        table = variable_diagnostics(posterior, var_names=var_names, grad_evals=grad_evals)
-        if ref is not None:
-            ref_vars = [v for v in var_names if v in ref.data_vars]
-            errs = reference_errors(posterior, ref, var_names=ref_vars)
-            table = table.merge(errs, on=["variable", "label"], how="left")
-            if grad is not None:
-                curves[name] = error_curve(posterior, grad, ref, var_names=ref_vars)
-        table.insert(0, "sampler", name)
-        tables.append(table)
-        n_chains, n_draws = posterior.sizes["chain"], posterior.sizes["draw"]
-        row = {
-            "sampler": name,
-            "draws": n_draws,
-            "chains": n_chains,
-            "grad_evals": grad_evals,
-            "grad_per_draw": grad_evals / (n_chains * n_draws),
-            "budget_ratio": (
-                grad_evals / (budget_per_chain * n_chains) if budget_per_chain else float("nan")
-            ),
-            "step_size": _scalar_stat(stats, "step_size", "mean"),
-            "divergences": int(np.nan_to_num(_scalar_stat(stats, "diverging", "sum"))),
-            "wall_time_s": walls[name],
-            "min_ess_bulk": table["ess_bulk"].min(),
-            "min_ess_tail": table["ess_tail"].min(),
-            "min_ess_bulk_per_1k_grad": table["ess_bulk_per_1k_grad"].min(),
-            "min_ess_tail_per_1k_grad": table["ess_tail_per_1k_grad"].min(),
-            "max_r_hat": table["r_hat"].max(),
-            "max_mcse_over_sd": (table["mcse_mean"] / table["sd"]).max(),
-        }
-        if ref is not None:
-            err = table.dropna(subset=["mean_err"])
-            row.update(
-                max_abs_mean_err=err["mean_err"].abs().max(),
-                rms_mean_err=float(np.sqrt((err["mean_err"] ** 2).mean())),
-                max_abs_sd_err=err["sd_err"].abs().max(),
-                mean_w1=err["w1"].mean(),
-            )
-        summaries.append(row)
-    return SamplerComparison(
-        table=pd.concat(tables, ignore_index=True),
-        summary=pd.DataFrame(summaries),
-        traces=dict(traces),
-        error_curves=curves,
-        budget=budget_per_chain,
-        settings=settings,
-    )

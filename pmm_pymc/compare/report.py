@@ -184,7 +184,7 @@ def _format(value: Any, digits: int) -> str:
     if isinstance(value, float | np.floating):
         if not np.isfinite(value):
             return "–" if np.isnan(value) else str(value)
-        if float(value).is_integer() and abs(value) >= 1:
+        if float(value).is_integer() and 1 <= abs(value) < 1e15:
             return f"{value:.0f}"
         return f"{value:.{digits}g}"
     return str(value).replace("|", "\\|")
@@ -299,8 +299,12 @@ def write_mcmc_report(
     command: str | None = None,
     make_plots: bool = True,
     progressbar: bool = False,
+    intro: str | None = None,
 ) -> Path:
     """Write the report of :func:`~pmm_pymc.compare.compare_samplers` runs to a folder.
+
+    Also writes the report of :func:`~pmm_pymc.compare.torch_langevin.compare_langevin`
+    runs, which have the same tables (give them their own ``intro``).
 
     Parameters
     ----------
@@ -317,6 +321,9 @@ def write_mcmc_report(
         Draw the figures (needs matplotlib and arviz-plots).
     progressbar : bool, default False
         A tqdm bar over the posteriors.
+    intro : str, optional
+        The paragraph under the command that says how the comparison was made; default the
+        one of the PyMC comparison against posteriordb reference draws.
 
     Returns
     -------
@@ -352,7 +359,8 @@ def write_mcmc_report(
     if command:
         lines += ["Produced by:", "", "```", command, "```", ""]
     lines += [
-        "Every sampler gets the same number of gradient evaluations after tuning (read from "
+        intro
+        or "Every sampler gets the same number of gradient evaluations after tuning (read from "
         "each step's `n_steps` statistic; `budget_ratio` in `summary.csv` shows how close each "
         "came) and starts its chains from the same jittered points. ESS, R-hat and MCSE are "
         "ArviZ's (arviz-stats). Errors are against the posteriordb reference draws, in units "
