@@ -23,10 +23,10 @@ import argparse
 import time
 import warnings
 
-import arviz as az
 import numpy as np
 import pymc as pm
 
+from pmm_pymc.compare.diagnostics import reference_errors, variable_diagnostics
 from pmm_pymc.evaluation.posteriors import load_model, load_reference
 from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
 
@@ -36,25 +36,22 @@ DIMS = ("chain", "draw")
 def errors(idata, reference) -> tuple[float, float, float, float, float]:
     """Max and RMS over scalars of the mean and sd errors in reference-sd units.
 
-    The fifth number is the RMS of the Monte-Carlo standard error of the means (ArviZ,
-    in reference-sd units): the mean errors cannot be expected to be much below it.
+    The errors are the library's (:func:`pmm_pymc.compare.diagnostics.reference_errors`);
+    the fifth number is the RMS of the Monte-Carlo standard error of the means (ArviZ,
+    through :func:`~pmm_pymc.compare.diagnostics.variable_diagnostics`, in reference-sd
+    units): the mean errors cannot be expected to be much below it.
     """
-    ref, post = reference["posterior"], idata["posterior"]
-    mcse = az.mcse(idata)
-    mean_err, sd_err, noise = [], [], []
-    for var in ref.data_vars:
-        ref_sd = ref[var].std(DIMS)
-        mean_err.append(np.abs(post[var].mean(DIMS) - ref[var].mean(DIMS)) / ref_sd)
-        sd_err.append(np.abs(post[var].std(DIMS) - ref_sd) / ref_sd)
-        noise.append(mcse[var] / ref_sd)
-    m, s, n = (np.concatenate([np.ravel(e.values) for e in x]) for x in (mean_err, sd_err, noise))
+    post = idata["posterior"].to_dataset()
+    table = reference_errors(post, reference)
+    diag = variable_diagnostics(post, var_names=list(table["variable"].unique()))
+    m, s = np.abs(table["mean_err"].to_numpy()), np.abs(table["sd_err"].to_numpy())
+    n = diag["mcse_mean"].to_numpy() / table["ref_sd"].to_numpy()
     rms = lambda v: float(np.sqrt(np.mean(v**2)))  # noqa: E731
     return m.max(), rms(m), s.max(), rms(s), rms(n)
 
 
 def min_ess(idata) -> float:
-    ess = az.ess(idata)
-    return float(min(np.min(ess[v].values) for v in ess.data_vars))
+    return float(variable_diagnostics(idata["posterior"].to_dataset())["ess_bulk"].min())
 
 
 def run(model, step, draws, tune, chains, seed):

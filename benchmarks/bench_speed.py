@@ -43,7 +43,9 @@ from typing import Any
 
 import numpy as np
 import pymc as pm
+import xarray as xr
 
+from pmm_pymc.compare.diagnostics import ExactMoments, reference_errors, variable_diagnostics
 from pmm_pymc.mcmc.chains import DEFAULT_K, BatchedLogpGrad, _run, sample_chains
 from pmm_pymc.mcmc.kernel import LangevinState
 from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
@@ -111,19 +113,23 @@ def per_call_seconds(fn: Callable[[], Any], min_time: float = 0.2) -> float:
 
 def ess_bulk_min(posterior: np.ndarray) -> float:
     """Smallest bulk ESS over the coordinates of ``posterior`` (chain, draw, d)."""
-    from arviz_stats.base import array_stats
-
-    ess = array_stats.ess(posterior, chain_axis=0, draw_axis=1, method="bulk")
-    return float(np.min(ess))
+    return float(variable_diagnostics(_dataset(posterior))["ess_bulk"].min())
 
 
 def moment_errors(posterior: np.ndarray, mean: np.ndarray, var: np.ndarray) -> tuple[float, float]:
-    """Largest |mean error| in posterior sds and largest |relative variance error|."""
-    flat = posterior.reshape(-1, posterior.shape[-1])
-    return (
-        float(np.max(np.abs(flat.mean(0) - mean) / np.sqrt(var))),
-        float(np.max(np.abs(flat.var(0) / var - 1.0))),
+    """Largest |mean error| in posterior sds and largest |relative variance error|, from
+    :func:`pmm_pymc.compare.diagnostics.reference_errors` against the exact moments."""
+    exact = ExactMoments(
+        xr.Dataset({"x": ("x_dim", np.asarray(mean))}),
+        xr.Dataset({"x": ("x_dim", np.sqrt(var))}),
     )
+    table = reference_errors(_dataset(posterior), exact)
+    var_ratio = (1.0 + table["sd_err"].to_numpy()) ** 2
+    return float(np.abs(table["mean_err"]).max()), float(np.max(np.abs(var_ratio - 1.0)))
+
+
+def _dataset(posterior: np.ndarray) -> xr.Dataset:
+    return xr.Dataset({"x": (("chain", "draw", "x_dim"), posterior)})
 
 
 def ensure_nutpie(install: bool) -> Any | None:

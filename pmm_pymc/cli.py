@@ -107,18 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         "number of gradient evaluations and compare them with the reference draws.",
     )
     mcmc.add_argument("--posterior", required=True, help="a bundled posterior, or 'all'")
-    mcmc.add_argument("--out", required=True, help="output directory")
-    mcmc.add_argument(
-        "--draws",
-        type=_positive_int,
-        default=1000,
-        help="draws per chain of PMM, which set the gradient budget of the others (default 1000)",
-    )
-    mcmc.add_argument("--tune", type=_non_negative_int, default=1000, help="tuning steps")
-    mcmc.add_argument("--chains", type=_positive_int, default=4, help="chains per sampler")
-    mcmc.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="random seed, >= 0 (default 0)"
-    )
+    _add_budget_options(mcmc, draws=1000, chains=4, first="PMM")
     mcmc.add_argument(
         "--samplers",
         type=_str_list,
@@ -132,9 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="NUTS max_treedepth (default PyMC's, 10)",
     )
-    mcmc.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
-    mcmc.add_argument("--no-plots", action="store_true", help="skip the figures")
-    mcmc.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_output_options(mcmc)
 
     diff = sub.add_parser(
         "diffusion",
@@ -143,7 +130,6 @@ def _parser() -> argparse.ArgumentParser:
         "network-evaluation budgets and compare with exact samples.",
     )
     diff.add_argument("--testbed", required=True, help="testbed name")
-    diff.add_argument("--out", required=True, help="output directory")
     diff.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     diff.add_argument(
         "--methods",
@@ -169,11 +155,37 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument(
         "--n-samples", type=_sample_count, default=2000, help="samples per run (default 2000)"
     )
-    diff.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
-    diff.add_argument("--no-plots", action="store_true", help="skip the figure")
-    diff.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_output_options(diff)
     _add_torch_parser(sub)
     return parser
+
+
+def _add_budget_options(
+    parser: argparse.ArgumentParser, *, draws: int, chains: int, first: str
+) -> None:
+    """``--draws``, ``--tune``, ``--chains`` and ``--seed`` of the sampling subcommands."""
+    parser.add_argument(
+        "--draws",
+        type=_positive_int,
+        default=draws,
+        help=f"draws per chain of {first}, which set the gradient budget of the others "
+        f"(default {draws})",
+    )
+    parser.add_argument("--tune", type=_non_negative_int, default=1000, help="tuning steps")
+    parser.add_argument(
+        "--chains", type=_positive_int, default=chains, help=f"chains per sampler ({chains})"
+    )
+    parser.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="random seed, >= 0 (default 0)"
+    )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--out``, ``--overwrite``, ``--no-plots`` and ``--no-progress`` of every subcommand."""
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _prepare_output(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
@@ -398,16 +410,7 @@ def _add_torch_parser(sub: argparse._SubParsersAction) -> None:
         "exact moments or reference draws.",
     )
     tp.add_argument("--target", required=True, help="a bundled torch target, or 'all'")
-    tp.add_argument("--out", required=True, help="output directory")
-    tp.add_argument(
-        "--draws",
-        type=_positive_int,
-        default=2000,
-        help="draws per chain of the first sampler, which set the gradient budget (default 2000)",
-    )
-    tp.add_argument("--tune", type=_non_negative_int, default=1000, help="steps discarded first")
-    tp.add_argument("--chains", type=_positive_int, default=16, help="chains (default 16)")
-    tp.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    _add_budget_options(tp, draws=2000, chains=16, first="the first sampler")
     tp.add_argument(
         "--samplers",
         type=_str_list,
@@ -425,9 +428,7 @@ def _add_torch_parser(sub: argparse._SubParsersAction) -> None:
     tp.add_argument(
         "--score", action="store_true", help="use the closed-form score instead of autograd"
     )
-    tp.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
-    tp.add_argument("--no-plots", action="store_true", help="skip the figures")
-    tp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_output_options(tp)
 
 
 _TORCH_INTRO = (
