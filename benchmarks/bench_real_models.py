@@ -40,7 +40,7 @@ import numpy as np
 import pymc as pm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import ensure_nutpie, fmt  # noqa: E402
+from bench_speed import ensure_nutpie, fmt, run_nutpie  # noqa: E402
 
 from pmm_pymc.compare.diagnostics import gradient_evaluations, variable_diagnostics  # noqa: E402
 from pmm_pymc.evaluation.posteriors import load_model  # noqa: E402
@@ -129,19 +129,7 @@ def run_sampler(sampler: str, name: str, chains: int, tune: int, draws: int, see
         seconds = _sampling_seconds(idata)
     else:
         nutpie = ensure_nutpie(install=False)
-        compiled = nutpie.compile_pymc_model(model)
-        t0 = time.perf_counter()
-        idata = nutpie.sample(
-            compiled,
-            chains=2,
-            cores=2,
-            tune=tune,
-            draws=draws,
-            seed=seed,
-            progress_bar=False,
-            save_warmup=True,
-        )
-        seconds = time.perf_counter() - t0
+        idata, seconds = run_nutpie(nutpie, nutpie.compile_pymc_model(model), tune, draws, seed)
     return {
         "grads": _all_gradients(idata),
         "seconds": seconds,

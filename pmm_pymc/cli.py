@@ -188,6 +188,28 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _names_or_all(
+    parser: argparse.ArgumentParser, given: str, valid: Sequence[str], what: str
+) -> list[str]:
+    """``[given]``, or every valid name for ``"all"``; a usage error listing them otherwise."""
+    if given == "all":
+        return list(valid)
+    if given not in valid:
+        parser.error(f"unknown {what} {given!r}; valid: {', '.join(valid)}, or 'all'")
+    return [given]
+
+
+def _check_samplers(
+    parser: argparse.ArgumentParser, samplers: Sequence[str], valid: Sequence[str]
+) -> None:
+    """A usage error for an unknown or repeated name in ``--samplers``."""
+    unknown = [s for s in samplers if s not in valid]
+    if unknown:
+        parser.error(f"unknown sampler(s) {unknown}; valid: {', '.join(valid)}")
+    if len(set(samplers)) != len(samplers):
+        parser.error(f"--samplers lists a sampler twice: {samplers}")
+
+
 def _prepare_output(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
     """Check ``--out`` (with ``--overwrite``) before any work; a usage error if it will not do.
 
@@ -291,16 +313,8 @@ def _make_samplers(names: Sequence[str], K: int | None, max_treedepth: int | Non
 def _run_mcmc(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     from pmm_pymc.evaluation.posteriors import list_posteriors
 
-    valid = list_posteriors()
-    if args.posterior == "all":
-        names = list(valid)
-    elif args.posterior in valid:
-        names = [args.posterior]
-    else:
-        parser.error(f"unknown posterior {args.posterior!r}; valid: {', '.join(valid)}, or 'all'")
-    unknown = [s for s in args.samplers if s not in _SAMPLERS]
-    if unknown:
-        parser.error(f"unknown sampler(s) {unknown}; valid: {', '.join(_SAMPLERS)}")
+    names = _names_or_all(parser, args.posterior, list_posteriors(), "posterior")
+    _check_samplers(parser, args.samplers, _SAMPLERS)
     out = _prepare_output(args, parser)
 
     from tqdm.auto import tqdm
@@ -451,18 +465,8 @@ def _run_torch(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
         from pmm_pymc.evaluation.torch_targets import get_target, list_targets
     except ModuleNotFoundError as err:  # torch is an extra
         parser.error(f"the torch comparison needs torch ({err}); pip install 'pmm-pymc[torch]'")
-    valid = list_targets()
-    if args.target == "all":
-        names = list(valid)
-    elif args.target in valid:
-        names = [args.target]
-    else:
-        parser.error(f"unknown torch target {args.target!r}; valid: {', '.join(valid)}, or 'all'")
-    unknown = [s for s in args.samplers if s not in _TORCH_SAMPLERS]
-    if unknown:
-        parser.error(f"unknown sampler(s) {unknown}; valid: {', '.join(_TORCH_SAMPLERS)}")
-    if len(set(args.samplers)) != len(args.samplers):
-        parser.error(f"--samplers lists a sampler twice: {args.samplers}")
+    names = _names_or_all(parser, args.target, list_targets(), "torch target")
+    _check_samplers(parser, args.samplers, _TORCH_SAMPLERS)
     import torch
 
     try:
