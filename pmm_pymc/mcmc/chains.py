@@ -579,13 +579,13 @@ def sample_chains(
         text = (
             f"{int((restarts > 0).sum())} of {chains} chains were restarted during warm-up from "
             "the chains of highest log density, because theirs stayed more than a factor e^10 "
-            f"below ({late} of the restarts after the initial interval: "
+            f"below ({late} of the restarts at the end of the last window: "
             + (
-                "a spurious local mode, or a genuine mode of much lower density. If the "
-                "posterior has genuine modes of very different density, pass "
-                "restart_stray_chains=False"
+                "chains still stray after most of the warm-up sit in a spurious local "
+                "mode, or in a genuine mode of much lower density. If the posterior has "
+                "genuine modes of very different density, pass restart_stray_chains=False"
                 if late
-                else "chains still on their way from a far start"
+                else "the others were chains still on their way from their start"
             )
             + "). Per chain: sample_stats['warmup_restarts']."
         )
