@@ -144,15 +144,6 @@ class Metric(NamedTuple):
         w = v @ self.inv_sqrt.T
         return np.einsum("...i,...i->...", w, w)
 
-    def __eq__(self, other: object) -> bool:  # arrays: compare by value
-        if not isinstance(other, Metric):
-            return NotImplemented
-        if self.inv_mass is None or other.inv_mass is None:
-            return self.inv_mass is other.inv_mass
-        return bool(np.array_equal(self.inv_mass, other.inv_mass))
-
-    __hash__ = None  # type: ignore[assignment]
-
 
 class LangevinParams(NamedTuple):
     """What a transition is run with.
@@ -415,19 +406,13 @@ def transition(
     B = x.shape[0]
     midpoint_finite = np.ones(B, dtype=bool)
     stiffness = np.zeros(B)
-    noise = metric.scale_noise(draws.noise)
     drift0 = metric.drift(grad)
-    row_scale = None
     if np.ndim(eta) == 0:
         chain: AffineChain = _chain(float(eta), K)
-    else:
-        # One step size per row: the chain of a unit step with each row's drift scaled by
-        # its eta and its noise by sqrt(eta), which is the same update
-        # (x + (eta/K) b + sqrt(2 eta/K) z = x + (1/K)(eta b) + sqrt(2/K)(sqrt(eta) z)).
+    else:  # one step size per row: the core's per-member coefficients
         eta = np.asarray(eta, dtype=float)
-        chain = _chain(1.0, K)
-        row_scale = eta[:, None]
-        noise = noise * np.sqrt(row_scale)
+        h = (eta / K)[:, None]
+        chain = AffineChain(a=(1.0,) * K, g=(h,) * K, s=(np.sqrt(2.0 * h),) * K)
 
     def drift(points: np.ndarray, groups: tuple[tuple[int, np.ndarray], ...]) -> np.ndarray:
         lp, g = logp_grad(points)
@@ -442,12 +427,12 @@ def transition(
             den = metric.norm_sq(points - x[rows])
             ratio = np.where(finite & (den > 0), np.sqrt(num / den), 0.0)
         np.maximum.at(stiffness, rows, np.nan_to_num(ratio, nan=0.0, posinf=np.inf))
-        return b if row_scale is None else b * row_scale[rows]
+        return b
 
+    noise = metric.scale_noise(draws.noise)
     fired = fired_from_mask(draws.fire) if K > 1 else [None]
-    b0 = drift0 if row_scale is None else drift0 * row_scale
     with np.errstate(over="ignore", invalid="ignore"):
-        x_new, pinfo = pmm_step(drift, x, b0, noise, fired, chain)
+        x_new, pinfo = pmm_step(drift, x, drift0, noise, fired, chain)
     n_midpoints = draws.fire.sum(axis=0)
     fallback = midpoint_finite & (eta * stiffness > _stability_limit(K))
     if fallback.any():
