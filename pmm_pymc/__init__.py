@@ -1,7 +1,8 @@
 """pmm-pymc: the Poisson Midpoint Method for Langevin dynamics, for PyMC and PyTorch.
 
 ``from pmm_pymc import PoissonMidpoint, LangevinMC, sample_chains`` gives the PyMC
-samplers; they are loaded lazily so that ``pmm_pymc.core`` and the torch modules do not
+samplers (and ``UnderdampedPoissonMidpoint``, ``UnderdampedLangevin``, their kinetic
+versions); they are loaded lazily so that ``pmm_pymc.core`` and the torch modules do not
 import PyMC.
 """
 
@@ -16,6 +17,8 @@ __all__ = [
     "LangevinMC",
     "PMMInfo",
     "PoissonMidpoint",
+    "UnderdampedLangevin",
+    "UnderdampedPoissonMidpoint",
     "__version__",
     "langevin_chain",
     "pmm_step",
@@ -25,6 +28,8 @@ __all__ = [
 _LAZY = {
     "PoissonMidpoint": "pmm_pymc.mcmc.steps",
     "LangevinMC": "pmm_pymc.mcmc.steps",
+    "UnderdampedPoissonMidpoint": "pmm_pymc.mcmc.steps",
+    "UnderdampedLangevin": "pmm_pymc.mcmc.steps",
     "sample_chains": "pmm_pymc.mcmc.chains",
 }
 

@@ -30,6 +30,18 @@ noise ``z_i = M^{-1/2} Z_i`` and drift ``b = M^{-1} grad logp``
 (:func:`langevin_chain`). With ``K = 1`` nothing can fire and the block is one
 Euler-Maruyama (LMC) step.
 
+Matrix coefficients
+-------------------
+The coefficients may also be matrices acting on a *component* axis of the state
+(:class:`MatrixCoefficient`): the state is ``(B, C, *event)``, ``a_i`` is ``C x C``,
+``g_i`` is ``C x C_b`` for a drift of shape ``(B, C_b, *event)`` and ``s_i`` is
+``C x C_z`` for noise of shape ``(B, C_z, *event)``. The products above become matrix
+products over that axis, taken in order, and the correction weight of midpoint ``i``
+is the matrix ``A_{K-1} ... A_{i+1} G_i K``. Kinetic (underdamped) Langevin on the
+position ``u`` and velocity ``v`` is this form with ``C = 2``, ``C_b = C_z = 1``
+(:func:`kinetic_langevin_chain`); its drift sees the whole midpoint ``(u, v)`` and
+uses ``u``.
+
 Conventions
 -----------
 * ``x`` has a leading batch axis: shape ``(B, *event)``. A single chain is
@@ -57,9 +69,13 @@ from array_api_compat import array_namespace, is_torch_array
 
 __all__ = [
     "AffineChain",
+    "KineticStep",
+    "MatrixCoefficient",
     "PMMInfo",
     "correction_weights",
     "fired_from_mask",
+    "kinetic_langevin_chain",
+    "kinetic_step",
     "langevin_chain",
     "pmm_step",
 ]
@@ -69,6 +85,50 @@ Groups = tuple[tuple[int, Array], ...]
 DriftFn = Callable[[Array, Groups], Array]
 
 
+class MatrixCoefficient(NamedTuple):
+    """A coefficient that acts on the component axis (axis 1) of what it multiplies.
+
+    Applied to ``v`` of shape ``(B, C_in, *event)`` it gives
+    ``y[m, r] = sum_c m[r, c] v[m, c]``, shape ``(B, C_out, *event)``.
+
+    Attributes
+    ----------
+    m : array, shape (C_out, C_in) or (B, C_out, C_in)
+        The matrix, one for all batch members or one per member (in the
+        namespace and on the device of the state).
+    """
+
+    m: Array
+
+
+def _apply(coef: Any, v: Array) -> Array:
+    """``coef`` times ``v``: elementwise, or over the component axis for a matrix."""
+    if not isinstance(coef, MatrixCoefficient):
+        return coef * v
+    m = coef.m
+    flat = v.reshape(v.shape[0], v.shape[1], -1)
+    out = m @ flat
+    return out.reshape((v.shape[0], m.shape[-2], *v.shape[2:]))
+
+
+def _compose(left: Any, right: Any) -> Any:
+    """The coefficient of ``left`` applied after ``right``."""
+    if isinstance(left, MatrixCoefficient) and isinstance(right, MatrixCoefficient):
+        return MatrixCoefficient(left.m @ right.m)
+    if isinstance(right, MatrixCoefficient):  # a scalar times a matrix
+        return MatrixCoefficient(left * right.m)
+    if isinstance(left, MatrixCoefficient):
+        return MatrixCoefficient(left.m * right)
+    return left * right
+
+
+def _take(coef: Any, idx: Array, xp: Any) -> Any:
+    """The members ``idx`` of a per-member coefficient (others pass through)."""
+    if isinstance(coef, MatrixCoefficient):
+        return MatrixCoefficient(xp.take(coef.m, idx, axis=0)) if coef.m.ndim == 3 else coef
+    return xp.take(coef, idx, axis=0) if getattr(coef, "ndim", 0) else coef
+
+
 class AffineChain(NamedTuple):
     """Coefficients of the ``K`` fine sub-steps of one block.
 
@@ -76,9 +136,10 @@ class AffineChain(NamedTuple):
 
     Attributes
     ----------
-    a, g, s : tuple of float
+    a, g, s : tuple
         Per-sub-step multipliers of the state, the drift and the noise, each
-        of length ``K``.
+        of length ``K``: floats, arrays broadcasting against the state (one
+        coefficient per batch member), or :class:`MatrixCoefficient`.
     """
 
     a: tuple[float, ...]
@@ -139,8 +200,108 @@ def langevin_chain(step_size: float, K: int = 1) -> AffineChain:
     return AffineChain(a=(1.0,) * K, g=(h,) * K, s=(sd,) * K)
 
 
-def correction_weights(chain: AffineChain) -> tuple[float, ...]:
+class KineticStep(NamedTuple):
+    """One frozen-drift sub-step of kinetic Langevin: the OBABO splitting, regrouped.
+
+    Kinetic Langevin on position ``u`` and velocity ``v`` with preconditioner ``M``,
+    ``du = v dt``, ``dv = b(u) dt - gamma v dt + sqrt(2 gamma) M^{-1/2} dW`` with
+    ``b = M^{-1} grad logp``, discretised by OBABO (an exact Ornstein-Uhlenbeck half-step
+    ``O``, a velocity half-kick ``B``, a position drift ``A``, ...). A run of OBABO steps,
+    cut between the ``A`` and the next ``B``, is a run of ``B O B A`` sub-steps of time
+    ``h`` whose two kicks use the gradient at the sub-step's start, so each sub-step is
+    affine in the drift frozen there::
+
+        v <- v + (h/2) b(u);  v <- e v + sqrt(1 - e^2) M^{-1/2} z;  v <- v + (h/2) b(u);
+        u <- u + h v,         e = exp(-gamma h),
+
+    that is ``(u', v') = a (u, v) + g b(u) + s z`` with::
+
+        a = [[1, h e], [0, e]],   g = (1 + e)/2 [[h^2], [h]],   s = sqrt(1 - e^2) [[h], [1]].
+
+    The velocity carried between sub-steps is the half-kicked one (after the first ``B``
+    of a leapfrog step).
+
+    Attributes
+    ----------
+    a : numpy.ndarray, shape (..., 2, 2)
+    g : numpy.ndarray, shape (..., 2, 1)
+    s : numpy.ndarray, shape (..., 2, 1)
+        Multiplies one standard normal ``z`` per coordinate (``M^{-1/2}``-scaled).
+    """
+
+    a: np.ndarray
+    g: np.ndarray
+    s: np.ndarray
+
+
+def kinetic_step(h: float | np.ndarray, friction: float | np.ndarray) -> KineticStep:
+    """The coefficients of one ``B O B A`` kinetic Langevin sub-step (see :class:`KineticStep`).
+
+    Parameters
+    ----------
+    h : float or numpy.ndarray
+        The sub-step's time (> 0); an array gives one sub-step per entry.
+    friction : float or numpy.ndarray
+        ``gamma`` (> 0), broadcasting against ``h``.
+
+    Returns
+    -------
+    KineticStep
+    """
+    h, gamma = np.broadcast_arrays(np.asarray(h, dtype=float), np.asarray(friction, dtype=float))
+    e = np.exp(-gamma * h)
+    a = np.zeros((*h.shape, 2, 2))
+    a[..., 0, 0] = 1.0
+    a[..., 0, 1] = h * e
+    a[..., 1, 1] = e
+    half = 0.5 * (1.0 + e)
+    g = np.stack([half * h * h, half * h], axis=-1)[..., None]
+    sd = np.sqrt(-np.expm1(-2.0 * gamma * h))
+    s = np.stack([sd * h, sd], axis=-1)[..., None]
+    return KineticStep(a, g, s)
+
+
+def kinetic_langevin_chain(
+    step_size: float | np.ndarray, friction: float | np.ndarray, K: int = 1
+) -> AffineChain:
+    """Coefficients of ``K`` kinetic Langevin sub-steps of time ``step_size/K``.
+
+    The state is ``(B, 2, *event)`` (position ``u`` and velocity ``v``), the drift
+    ``b = M^{-1} grad logp(u)`` of shape ``(B, 1, *event)``, and the noise of sub-step
+    ``i`` is ``M^{-1/2} Z_i`` with ``Z_i`` standard normal of shape ``(B, 1, *event)``;
+    each sub-step is :func:`kinetic_step`. With ``K = 1`` the block is one OBABO step
+    (kinetic LMC), whose gradient at the end is the next block's start.
+
+    Parameters
+    ----------
+    step_size : float or numpy.ndarray of shape (B,)
+        The block's time ``eta`` (> 0); per batch member when an array.
+    friction : float or numpy.ndarray of shape (B,)
+        ``gamma`` (> 0).
+    K : int, default 1
+        Number of sub-steps.
+
+    Returns
+    -------
+    AffineChain
+        With :class:`MatrixCoefficient` entries (per member when either input is an array).
+    """
+    if not (np.all(np.isfinite(step_size)) and np.all(np.asarray(step_size) > 0)):
+        raise ValueError(f"step_size must be finite and > 0, got {step_size!r}")
+    if not (np.all(np.isfinite(friction)) and np.all(np.asarray(friction) > 0)):
+        raise ValueError(f"friction must be finite and > 0, got {friction!r}")
+    if int(K) != K or K < 1:
+        raise ValueError(f"K must be an integer >= 1, got {K!r}")
+    K = int(K)
+    sub = kinetic_step(np.asarray(step_size, dtype=float) / K, friction)
+    a, g, s = (MatrixCoefficient(c) for c in sub)
+    return AffineChain(a=(a,) * K, g=(g,) * K, s=(s,) * K)
+
+
+def correction_weights(chain: AffineChain) -> tuple[Any, ...]:
     """The weight ``(prod_{r>i} a_r) * g_i * K`` of each midpoint's correction.
+
+    With matrix coefficients the product is ``A_{K-1} ... A_{i+1} G_i K``.
 
     Parameters
     ----------
@@ -148,15 +309,15 @@ def correction_weights(chain: AffineChain) -> tuple[float, ...]:
 
     Returns
     -------
-    tuple of float
-        One weight per sub-step ``i = 0..K-1``.
+    tuple
+        One weight per sub-step ``i = 0..K-1`` (floats for float coefficients).
     """
     K = chain.K
-    weights = [0.0] * K
-    tail = 1.0  # prod_{r > i} a_r
+    weights: list[Any] = [0.0] * K
+    tail: Any = 1.0  # prod_{r > i} a_r
     for i in range(K - 1, -1, -1):
-        weights[i] = tail * chain.g[i] * K
-        tail *= chain.a[i]
+        weights[i] = _compose(_compose(tail, chain.g[i]), K)
+        tail = _compose(tail, chain.a[i])
     return tuple(weights)
 
 
@@ -239,16 +400,19 @@ def pmm_step(
     x : array, shape (B, *event)
         The current states.
     b0 : array, shape (B, *event)
-        The drift at ``x`` at the block's first time.
+        The drift at ``x`` at the block's first time (shape ``(B, C_b, *event)``
+        with matrix coefficients).
     noise : array or indexable
-        ``noise[i]``, shape ``(B, *event)``, is the (already scaled, e.g.
-        preconditioned) noise of sub-step ``i``.
+        ``noise[i]``, shape ``(B, *event)`` (``(B, C_z, *event)`` with matrix
+        coefficients), is the (already scaled, e.g. preconditioned) noise of
+        sub-step ``i``.
     fired : sequence of (array or None)
         Length ``K``; ``fired[i]`` indexes the members whose midpoint ``i``
         fires. See :func:`fired_from_mask`.
     chain : AffineChain
-        The sub-step coefficients: floats, or arrays broadcasting against
-        ``x`` (one coefficient per batch member, shape ``(B, 1, ...)``).
+        The sub-step coefficients: floats, arrays broadcasting against ``x``
+        (one coefficient per batch member, shape ``(B, 1, ...)``), or
+        :class:`MatrixCoefficient`.
     weights : sequence of (float or array), optional
         The correction weight of each sub-step's midpoint; default
         :func:`correction_weights` of ``chain``. A caller that merges the
@@ -277,16 +441,17 @@ def pmm_step(
         if idx is not None and idx.shape[0] > 0:
             points.append(xp.take(xi, idx, axis=0))
             groups.append((i, idx))
-        xi = chain.a[i] * xi + chain.g[i] * b0 + chain.s[i] * noise[i]
+        xi = _apply(chain.a[i], xi) + _apply(chain.g[i], b0) + _apply(chain.s[i], noise[i])
     endpoint = xi
     if not points:
         return endpoint, PMMInfo(n_evals=0, groups=(), endpoint=endpoint)
 
     stacked = xp.concat(points, axis=0) if len(points) > 1 else points[0]
     b_mid = drift(stacked, tuple(groups))
-    if b_mid.shape != stacked.shape:
+    if tuple(b_mid.shape) != (stacked.shape[0], *b0.shape[1:]):
         raise ValueError(
-            f"drift returned shape {tuple(b_mid.shape)} for points of shape {tuple(stacked.shape)}"
+            f"drift returned shape {tuple(b_mid.shape)} for points of shape "
+            f"{tuple(stacked.shape)} (the drift at the start has shape {tuple(b0.shape)})"
         )
     if weights is None:
         weights = _cached_correction_weights(chain)
@@ -295,9 +460,6 @@ def pmm_step(
     for i, idx in groups:
         n = idx.shape[0]
         delta = b_mid[start : start + n] - xp.take(b0, idx, axis=0)
-        w = weights[i]
-        if getattr(w, "ndim", 0):  # one weight per batch member
-            w = xp.take(w, idx, axis=0)
-        x_new = _index_add(xp, x_new, idx, w * delta)
+        x_new = _index_add(xp, x_new, idx, _apply(_take(weights[i], idx, xp), delta))
         start += n
     return x_new, PMMInfo(n_evals=int(stacked.shape[0]), groups=tuple(groups), endpoint=endpoint)

@@ -406,7 +406,7 @@ def test_default_K_is_the_step_default():
         ({"chains": True}, "chains must be an integer >= 1, got True"),
         ({"draws": 0}, "draws must be an integer >= 1, got 0"),
         ({"tune": -1}, "tune must be an integer >= 0, got -1"),
-        ({"method": "nuts"}, "method must be one of 'pmm', 'lmc'; got 'nuts'"),
+        ({"method": "nuts"}, "method must be one of 'pmm', 'lmc', 'upmm', 'ulmc'; got 'nuts'"),
         ({"K": 0}, "K must be an integer >= 1, got 0"),
         ({"K": 2.5}, "K must be an integer >= 1, got 2.5"),
         ({"method": "lmc", "K": 4}, "K must be None or 1 with method='lmc', got 4"),

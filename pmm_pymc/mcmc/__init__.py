@@ -2,7 +2,8 @@
 
 * :mod:`pmm_pymc.mcmc.kernel`: the one batched Langevin transition (PMM or LMC).
 * :mod:`pmm_pymc.mcmc.warmup`: the one warm-up (windows, step size, preconditioner).
-* :mod:`pmm_pymc.mcmc.steps`: :class:`PoissonMidpoint` and :class:`LangevinMC` for ``pm.sample``.
+* :mod:`pmm_pymc.mcmc.steps`: :class:`PoissonMidpoint` and :class:`LangevinMC` for ``pm.sample``,
+  and their kinetic versions :class:`UnderdampedPoissonMidpoint`, :class:`UnderdampedLangevin`.
 * :mod:`pmm_pymc.mcmc.chains`: :func:`sample_chains`, many chains with one vectorised gradient.
 """
 
@@ -11,9 +12,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["LangevinMC", "PoissonMidpoint", "sample_chains"]
+__all__ = [
+    "LangevinMC",
+    "PoissonMidpoint",
+    "UnderdampedLangevin",
+    "UnderdampedPoissonMidpoint",
+    "sample_chains",
+]
 
-_HOMES = {"LangevinMC": "steps", "PoissonMidpoint": "steps", "sample_chains": "chains"}
+_HOMES = {name: "steps" for name in __all__[:4]} | {"sample_chains": "chains"}
 
 
 def __getattr__(name: str) -> Any:

@@ -39,10 +39,25 @@ from pytensor.tensor.special import LogSumExp
 from xarray import DataTree
 
 from pmm_pymc._validate import check_bool, check_choice, check_int
-from pmm_pymc.mcmc.kernel import LangevinInfo, LangevinParams, LangevinState, draw, transition
-from pmm_pymc.mcmc.warmup import Warmup, check_precondition, check_step_options
+from pmm_pymc.mcmc.kernel import (
+    LangevinInfo,
+    LangevinParams,
+    LangevinState,
+    draw,
+    refresh_velocity,
+    transition,
+)
+from pmm_pymc.mcmc.warmup import (
+    Warmup,
+    check_kinetic_options,
+    check_precondition,
+    check_step_options,
+)
 
-__all__ = ["BatchedLogpGrad", "DEFAULT_K", "sample_chains"]
+__all__ = ["BatchedLogpGrad", "DEFAULT_K", "METHODS", "sample_chains"]
+
+METHODS = ("pmm", "lmc", "upmm", "ulmc")
+"""``sample_chains``' methods: PMM and LMC, overdamped and kinetic (underdamped)."""
 
 DEFAULT_K = 4
 """Default number of PMM sub-steps; the same as :class:`pmm_pymc.PoissonMidpoint`'s."""
@@ -276,10 +291,10 @@ def _check_options(
     chains = check_int("chains", chains, 1)
     draws = check_int("draws", draws, 1)
     tune = check_int("tune", tune, 0)
-    check_choice("method", method, ("pmm", "lmc"))
-    if method == "lmc":
+    check_choice("method", method, METHODS)
+    if method in ("lmc", "ulmc"):
         if K is not None and K != 1:
-            raise ValueError(f"K must be None or 1 with method='lmc', got {K!r}")
+            raise ValueError(f"K must be None or 1 with method={method!r}, got {K!r}")
         K = 1
     else:
         K = check_int("K", DEFAULT_K if K is None else K, 1)
@@ -369,12 +384,14 @@ def sample_chains(
     chains: int = 256,
     draws: int = 1000,
     tune: int = 1000,
-    method: Literal["pmm", "lmc"] = "pmm",
+    method: Literal["pmm", "lmc", "upmm", "ulmc"] = "pmm",
     K: int | None = None,
     step_size: float | None = None,
     adapt_step_size: bool = True,
     target_accept: float | None = None,
     max_energy_error: float = 1000.0,
+    friction: float | None = None,
+    energy_var_target: float | None = None,
     precondition: Literal["auto", "diag", "dense"] | None = "auto",
     restart_stray_chains: bool = True,
     initvals: dict | None = None,
@@ -406,11 +423,14 @@ def sample_chains(
         Number of chains ``C`` (>= 1).
     draws, tune : int, default 1000
         Draws kept per chain, and warm-up iterations before them (discarded).
-    method : {"pmm", "lmc"}, default "pmm"
-        The Poisson Midpoint Method or unadjusted Langevin Monte Carlo.
+    method : {"pmm", "lmc", "upmm", "ulmc"}, default "pmm"
+        The Poisson Midpoint Method or unadjusted Langevin Monte Carlo, on overdamped
+        Langevin (``"pmm"``, ``"lmc"``: :class:`pmm_pymc.PoissonMidpoint`,
+        :class:`pmm_pymc.LangevinMC`) or kinetic Langevin (``"upmm"``, ``"ulmc"``:
+        :class:`pmm_pymc.UnderdampedPoissonMidpoint`, :class:`pmm_pymc.UnderdampedLangevin`).
     K : int, optional
         PMM sub-steps per draw (default :data:`DEFAULT_K`); must be None or 1
-        for ``"lmc"``.
+        for ``"lmc"`` and ``"ulmc"``.
     step_size : float, optional
         ``eta``, with ``x' = x + eta M^{-1} grad logp(x) + sqrt(2 eta) M^{-1/2} xi``
         for LMC. ``None``: adapted during tuning. A number with
@@ -424,6 +444,10 @@ def sample_chains(
     max_energy_error : float, default 1000
         A move whose energy error (minus its log MALA ratio) exceeds this is a
         divergence: rejected, the chain stays put.
+    friction, energy_var_target : float, optional
+        Kinetic methods only, as for :class:`pmm_pymc.UnderdampedLangevin`: the friction
+        (default: adapted) and an energy-error variance per dimension to adapt the step
+        size to instead of ``target_accept``.
     precondition : {"auto", "diag", "dense", None}, default "auto"
         As for the per-chain steps: ``M^{-1}`` first from the curvature at the
         start, then from the draws and gradients of all chains in Stan's windows.
@@ -503,6 +527,22 @@ def sample_chains(
         backend,
     )
     check_precondition(precondition, 0)
+    kinetic = method in ("upmm", "ulmc")
+    if kinetic:
+        kinetic_options = dict(
+            zip(
+                ("friction", "adapt_friction", "energy_var_target"),
+                check_kinetic_options(friction, energy_var_target),
+                strict=True,
+            )
+        )
+    elif friction is not None or energy_var_target is not None:
+        raise ValueError(
+            "friction and energy_var_target are options of the kinetic methods 'upmm' and "
+            f"'ulmc', not of method={method!r}"
+        )
+    else:
+        kinetic_options = {}
     restart_stray_chains = check_bool("restart_stray_chains", restart_stray_chains)
     discard_tuned_samples = check_bool("discard_tuned_samples", discard_tuned_samples)
     compute_convergence_checks = check_bool(
@@ -530,6 +570,7 @@ def sample_chains(
             precondition=check_precondition(precondition, n),
             restart_stray=restart_stray_chains,
             per_row_step=True,
+            **kinetic_options,
         )
         warmup.reset(tune)
         t_start = time.perf_counter()
@@ -550,9 +591,11 @@ def sample_chains(
         logp_grad.close()
 
     stats = dict(run.stats)
-    if method == "lmc":
+    if K == 1:
         stats.pop("n_midpoints")
         stats.pop("lmc_fallback")
+    if not kinetic:
+        stats.pop("friction")
     n_warmup = min(tune, run.n_recorded) if not discard_tuned_samples else 0
     idata = _to_datatree(
         model, value_vars, point0, run.x, stats, tune, n_warmup, sampling_time, mode, compile_kwargs
@@ -625,6 +668,7 @@ def _run(
         "energy_error": np.empty((n_kept, C)),
         "model_logp": np.empty((n_kept, C)),
         "lmc_fallback": np.empty((n_kept, C), dtype=bool),
+        "friction": np.empty((n_kept, C)),
     }
     bar = None
     if progress:
@@ -636,18 +680,24 @@ def _run(
     interrupted = False
     try:
         start_evals = warmup.start(state, logp_grad) if tune else 0
+        kinetic = warmup.friction is not None
+        velocity_metric = None
         for it in range(tune + draws):
             tuning = it < tune
+            if kinetic and velocity_metric is not warmup.metric:
+                # the start, or a new preconditioner: velocities from N(0, M^{-1})
+                state = state._replace(v=refresh_velocity(rng, warmup.metric, C, n))
+                velocity_metric = warmup.metric
             params = LangevinParams(
                 warmup.step_size,
                 K,
                 warmup.metric,
                 max_energy_error,
                 adjust=tuning and warmup.adjusts,
+                friction=warmup.friction,
             )
-            state, info = transition(
-                logp_grad, draw(rng, K, C, n, adjust=params.adjust), state, params
-            )
+            randoms = draw(rng, K, C, n, adjust=params.adjust, kinetic=kinetic)
+            state, info = transition(logp_grad, randoms, state, params)
             spent = start_evals if it == 0 else 0
             if tuning:
                 state, refresh_evals = warmup.update(state, info, logp_grad)
@@ -655,7 +705,7 @@ def _run(
                 if it + 1 == tune:
                     problems = warmup.finish()
             if it >= first_kept:
-                _record(out_x, out, it - first_kept, state, info, params.step_size)
+                _record(out_x, out, it - first_kept, state, info, params)
                 out["n_steps"][it - first_kept] += spent
             if bar is not None:
                 bar.update()
@@ -682,10 +732,11 @@ def _record(
     d: int,
     state: LangevinState,
     info: LangevinInfo,
-    step_size: float,
+    params: LangevinParams,
 ) -> None:
     out_x[d] = state.x
-    out["step_size"][d] = step_size  # one for all chains, or one per chain
+    out["step_size"][d] = params.step_size  # one for all chains, or one per chain
+    out["friction"][d] = np.nan if params.friction is None else params.friction
     out["n_steps"][d] = info.n_steps
     out["n_midpoints"][d] = info.n_midpoints
     out["diverging"][d] = info.diverging

@@ -37,7 +37,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pmm_pymc.core import AffineChain, fired_from_mask, langevin_chain, pmm_step
+from pmm_pymc.core import (
+    AffineChain,
+    correction_weights,
+    fired_from_mask,
+    kinetic_langevin_chain,
+    langevin_chain,
+    pmm_step,
+)
 
 __all__ = [
     "LangevinDraws",
@@ -47,8 +54,10 @@ __all__ = [
     "Metric",
     "draw",
     "gap_noise",
+    "kinetic_log_accept_ratio",
     "log_accept_ratio",
     "pmm_stability_limit",
+    "refresh_velocity",
     "transition",
 ]
 
@@ -65,14 +74,19 @@ class LangevinState(NamedTuple):
     Attributes
     ----------
     x : numpy.ndarray, shape (B, d)
+        The positions.
     logp : numpy.ndarray, shape (B,)
     grad : numpy.ndarray, shape (B, d)
         ``grad log pi(x)``, not preconditioned.
+    v : numpy.ndarray, shape (B, d), or None
+        The velocities of kinetic Langevin (``None`` for overdamped Langevin); at
+        stationarity ``v ~ N(0, M^{-1})`` (:func:`refresh_velocity`).
     """
 
     x: np.ndarray
     logp: np.ndarray
     grad: np.ndarray
+    v: np.ndarray | None = None
 
 
 class Metric(NamedTuple):
@@ -135,6 +149,14 @@ class Metric(NamedTuple):
             return z * self.sqrt
         return z @ self.sqrt.T
 
+    def whiten(self, v: np.ndarray) -> np.ndarray:
+        """``M^{1/2} v`` along the last axis (so that ``||whiten(v)||^2 = v^T M v``)."""
+        if self.inv_mass is None:
+            return v
+        if self.inv_mass.ndim == 1:
+            return v / self.sqrt
+        return v @ self.inv_sqrt.T
+
     def norm_sq(self, v: np.ndarray) -> np.ndarray:
         """``v^T M v`` for each row of ``v``."""
         if self.inv_mass is None:
@@ -152,14 +174,18 @@ class LangevinParams(NamedTuple):
     ----------
     step_size : float or numpy.ndarray of shape (B,)
         ``eta``, with ``x' = x + eta M^{-1} grad logp(x) + sqrt(2 eta) M^{-1/2} xi`` for LMC;
-        one for all rows, or one per row.
+        for kinetic Langevin the block's time (:func:`pmm_pymc.core.kinetic_step`). One for
+        all rows, or one per row.
     K : int
-        PMM sub-steps (1: LMC).
+        PMM sub-steps (1: LMC, or kinetic LMC).
     metric : Metric
     max_energy_error : float
         A larger energy error rejects the move as a divergence.
     adjust : bool
-        Metropolis-adjust the move with its would-be MALA acceptance (warm-up only).
+        Metropolis-adjust the move with its would-be acceptance (warm-up only).
+    friction : float or numpy.ndarray of shape (B,), or None
+        ``None``: overdamped Langevin. A value ``gamma > 0``: kinetic (underdamped)
+        Langevin with that friction, the state carrying velocities.
     """
 
     step_size: float | np.ndarray
@@ -167,6 +193,7 @@ class LangevinParams(NamedTuple):
     metric: Metric
     max_energy_error: float = 1000.0
     adjust: bool = False
+    friction: float | np.ndarray | None = None
 
 
 class LangevinDraws(NamedTuple):
@@ -176,7 +203,7 @@ class LangevinDraws(NamedTuple):
     ----------
     fire : numpy.ndarray of bool, shape (K, B)
         ``fire[i, m]``: row ``m``'s midpoint ``i`` fires (row 0 is always False).
-    noise : numpy.ndarray, shape (K, B, d)
+    noise : numpy.ndarray, shape (K, B, d), or (K, B, 1, d) for kinetic Langevin
         Sub-step noise before preconditioning, ``N(0, I)`` per sub-step (or its gap-wise
         equivalent, :func:`gap_noise`).
     accept : numpy.ndarray, shape (B,), or None
@@ -267,6 +294,18 @@ _stability_limit = functools.lru_cache(maxsize=64)(pmm_stability_limit)
 _chain = functools.lru_cache(maxsize=64)(langevin_chain)
 
 
+@functools.lru_cache(maxsize=64)
+def _kinetic_chain(eta: float, friction: float, K: int) -> tuple[AffineChain, tuple]:
+    """:func:`kinetic_langevin_chain` with its correction weights, for scalar settings."""
+    chain = kinetic_langevin_chain(eta, friction, K)
+    return chain, correction_weights(chain)
+
+
+def refresh_velocity(rng: np.random.Generator, metric: Metric, B: int, d: int) -> np.ndarray:
+    """Fresh velocities ``v ~ N(0, M^{-1})``, shape ``(B, d)``: their stationary law."""
+    return metric.scale_noise(rng.standard_normal((B, d)))
+
+
 def log_accept_ratio(
     logp: np.ndarray,
     logp_new: np.ndarray,
@@ -311,6 +350,60 @@ def log_accept_ratio(
     return np.where(np.isfinite(log_ratio), log_ratio, -np.inf)
 
 
+def kinetic_log_accept_ratio(
+    logp: np.ndarray,
+    logp_new: np.ndarray,
+    x: np.ndarray,
+    x_new: np.ndarray,
+    grad: np.ndarray,
+    grad_new: np.ndarray,
+    step_size: float | np.ndarray,
+    metric: Metric,
+) -> np.ndarray:
+    """Log would-be acceptance of kinetic moves ``u -> u'``: minus a leapfrog step's energy error.
+
+    The kinetic analogue of :func:`log_accept_ratio`. One OBABO step of time ``eta``
+    (:func:`pmm_pymc.core.kinetic_step`) is an exact velocity refresh around one leapfrog
+    step, so Metropolis-adjusting it (generalised HMC) accepts with
+    ``min(1, exp(-energy error))`` of that leapfrog step. The leapfrog step from ``u`` to
+    ``u'`` has the half-step velocity ``w = (u' - u)/eta`` and the velocities
+    ``w - (eta/2) b`` before and ``w + (eta/2) b'`` after, so with ``b = M^{-1} g`` the
+    ratio is::
+
+        log pi(u') - log pi(u) - (eta/2) w^T (g + g') - (eta^2/8) (b'^T g' - b^T g)
+
+    and needs only the end points and their gradients, like MALA's. A PMM block is
+    scored as the one coarse step it replaces.
+
+    Parameters
+    ----------
+    logp, logp_new : numpy.ndarray, shape (B,)
+    x, x_new, grad, grad_new : numpy.ndarray, shape (B, d)
+        Start and end positions and ``grad log pi`` there.
+    step_size : float or numpy.ndarray of shape (B,)
+        ``eta``.
+    metric : Metric
+
+    Returns
+    -------
+    numpy.ndarray, shape (B,)
+        ``-inf`` where not finite.
+    """
+    eta = np.asarray(step_size, dtype=float)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        w = (x_new - x) / eta[..., None]
+        kick = np.einsum("ij,ij->i", metric.drift(grad_new), grad_new) - np.einsum(
+            "ij,ij->i", metric.drift(grad), grad
+        )
+        log_ratio = (
+            logp_new
+            - logp
+            - 0.5 * eta * np.einsum("ij,ij->i", w, grad + grad_new)
+            - 0.125 * eta**2 * kick
+        )
+    return np.where(np.isfinite(log_ratio), log_ratio, -np.inf)
+
+
 def gap_noise(rng: np.random.Generator, fire: np.ndarray, d: int) -> np.ndarray:
     """Sub-step noise ``(K, B, d)`` for the Langevin chain, one Gaussian per gap between firings.
 
@@ -346,7 +439,14 @@ def gap_noise(rng: np.random.Generator, fire: np.ndarray, d: int) -> np.ndarray:
 
 
 def draw(
-    rng: np.random.Generator, K: int, B: int, d: int, *, adjust: bool, gap: bool | None = None
+    rng: np.random.Generator,
+    K: int,
+    B: int,
+    d: int,
+    *,
+    adjust: bool,
+    gap: bool | None = None,
+    kinetic: bool = False,
 ) -> LangevinDraws:
     """The random numbers of one transition of ``B`` rows of dimension ``d``.
 
@@ -361,20 +461,56 @@ def draw(
         Also draw the warm-up adjustment's uniforms.
     gap : bool, optional
         Draw the noise per gap between firings (:func:`gap_noise`; same law, fewer
-        Gaussians). Default: when ``K > 1`` and ``B * d >= GAP_NOISE_MIN_SIZE``.
+        Gaussians). Default: when ``K > 1`` and ``B * d >= GAP_NOISE_MIN_SIZE`` (never for
+        kinetic Langevin, whose sub-steps do not add up as a random walk).
+    kinetic : bool, default False
+        Noise for kinetic Langevin: shape ``(K, B, 1, d)`` (one velocity refresh per
+        sub-step, :func:`pmm_pymc.core.kinetic_step`).
 
     Returns
     -------
     LangevinDraws
     """
+    if kinetic and gap:
+        raise ValueError("gap noise is for overdamped Langevin; kinetic noise is per sub-step")
     fire = np.zeros((K, B), dtype=bool)
     if K > 1:
         fire[1:] = rng.random((K - 1, B)) < 1.0 / K
-    if gap is None:
-        gap = K > 1 and B * d >= GAP_NOISE_MIN_SIZE
-    noise = gap_noise(rng, fire, d) if gap else rng.standard_normal((K, B, d))
+    if kinetic:
+        noise = rng.standard_normal((K, B, 1, d))
+    else:
+        if gap is None:
+            gap = K > 1 and B * d >= GAP_NOISE_MIN_SIZE
+        noise = gap_noise(rng, fire, d) if gap else rng.standard_normal((K, B, d))
     accept = rng.random(B) if adjust else None
     return LangevinDraws(fire, noise, accept)
+
+
+def _block(
+    params: LangevinParams, state: LangevinState, drift0: np.ndarray
+) -> tuple[AffineChain, tuple | None, np.ndarray, np.ndarray]:
+    """The block's coefficients, correction weights, start and start drift in the core's shapes.
+
+    Overdamped: the state is the positions ``(B, d)``. Kinetic: positions and velocities
+    stacked ``(B, 2, d)`` and the drift ``(B, 1, d)``
+    (:func:`pmm_pymc.core.kinetic_langevin_chain`).
+    """
+    eta, K, gamma = params.step_size, params.K, params.friction
+    if gamma is None:
+        if np.ndim(eta) == 0:
+            return _chain(float(eta), K), None, state.x, drift0
+        # one step size per row: the core's per-member coefficients
+        h = (np.asarray(eta, dtype=float) / K)[:, None]
+        chain = AffineChain(a=(1.0,) * K, g=(h,) * K, s=(np.sqrt(2.0 * h),) * K)
+        return chain, None, state.x, drift0
+    if state.v is None:
+        raise ValueError("kinetic Langevin (params.friction set) needs velocities in state.v")
+    if np.ndim(eta) == 0 and np.ndim(gamma) == 0:
+        chain, weights = _kinetic_chain(float(eta), float(gamma), K)
+    else:
+        chain = kinetic_langevin_chain(eta, gamma, K)
+        weights = correction_weights(chain)
+    return chain, weights, np.stack([state.x, state.v], axis=1), drift0[:, None, :]
 
 
 def transition(
@@ -383,7 +519,7 @@ def transition(
     state: LangevinState,
     params: LangevinParams,
 ) -> tuple[LangevinState, LangevinInfo]:
-    """One PMM (or LMC) transition of every row of ``state``.
+    """One PMM (or LMC) transition of every row of ``state``, overdamped or kinetic.
 
     Parameters
     ----------
@@ -391,31 +527,30 @@ def transition(
         ``logp_grad(points) -> (logp, grad)`` at rows ``(n, d)``; non-finite values are
         allowed (they reject the move).
     draws : LangevinDraws
-        From :func:`draw`.
+        From :func:`draw` (with ``kinetic=True`` when ``params.friction`` is set).
     state : LangevinState
+        With velocities ``state.v`` when ``params.friction`` is set.
     params : LangevinParams
 
     Returns
     -------
     state : LangevinState
-        The new rows (a row that did not move keeps its arrays' values).
+        The new rows (a row that did not move keeps its arrays' values; a kinetic row that
+        did not move has its velocity reversed, as in generalised HMC).
     info : LangevinInfo
     """
-    x, logp, grad = state
+    x, logp, grad = state.x, state.logp, state.grad
     eta, K, metric = params.step_size, params.K, params.metric
+    kinetic = params.friction is not None
     B = x.shape[0]
     midpoint_finite = np.ones(B, dtype=bool)
     stiffness = np.zeros(B)
     drift0 = metric.drift(grad)
-    if np.ndim(eta) == 0:
-        chain: AffineChain = _chain(float(eta), K)
-    else:  # one step size per row: the core's per-member coefficients
-        eta = np.asarray(eta, dtype=float)
-        h = (eta / K)[:, None]
-        chain = AffineChain(a=(1.0,) * K, g=(h,) * K, s=(np.sqrt(2.0 * h),) * K)
+    chain, weights, start, b0 = _block(params, state, drift0)
 
     def drift(points: np.ndarray, groups: tuple[tuple[int, np.ndarray], ...]) -> np.ndarray:
-        lp, g = logp_grad(points)
+        positions = points[:, 0] if kinetic else points
+        lp, g = logp_grad(positions)
         rows = groups[0][1] if len(groups) == 1 else np.concatenate([idx for _, idx in groups])
         finite = np.isfinite(lp) & np.isfinite(g).all(axis=1)
         midpoint_finite[rows[~finite]] = False
@@ -424,21 +559,25 @@ def transition(
         # each row's start and its fired midpoints: ||M^{1/2} db|| / ||M^{1/2} dx||.
         with np.errstate(all="ignore"):
             num = metric.norm_sq(b - drift0[rows])
-            den = metric.norm_sq(points - x[rows])
+            den = metric.norm_sq(positions - x[rows])
             ratio = np.where(finite & (den > 0), np.sqrt(num / den), 0.0)
         np.maximum.at(stiffness, rows, np.nan_to_num(ratio, nan=0.0, posinf=np.inf))
-        return b
+        return b[:, None, :] if kinetic else b
 
     noise = metric.scale_noise(draws.noise)
     fired = fired_from_mask(draws.fire) if K > 1 else [None]
     with np.errstate(over="ignore", invalid="ignore"):
-        x_new, pinfo = pmm_step(drift, x, drift0, noise, fired, chain)
+        end, pinfo = pmm_step(drift, start, b0, noise, fired, chain, weights)
     n_midpoints = draws.fire.sum(axis=0)
-    fallback = midpoint_finite & (eta * stiffness > _stability_limit(K))
+    if kinetic:
+        fallback = np.zeros(B, dtype=bool)
+    else:
+        fallback = midpoint_finite & (eta * stiffness > _stability_limit(K))
     if fallback.any():
         # Outside PMM's stability region: the frozen-drift endpoint is exactly the LMC step
         # of size eta with the same noise (stable up to eta L < 2).
-        x_new = np.where(fallback[:, None], pinfo.endpoint, x_new)
+        end = np.where(fallback[:, None], pinfo.endpoint, end)
+    x_new = end[:, 0] if kinetic else end
 
     logp_new = np.full(B, -np.inf)
     grad_new = np.full_like(grad, np.nan)
@@ -447,11 +586,11 @@ def transition(
     elif midpoint_finite.any():
         logp_new[midpoint_finite], grad_new[midpoint_finite] = logp_grad(x_new[midpoint_finite])
     proposal_finite = midpoint_finite & np.isfinite(logp_new) & np.isfinite(grad_new).all(axis=1)
-    energy_error = np.where(
-        proposal_finite,
-        -log_accept_ratio(logp, logp_new, x, x_new, grad, grad_new, eta, metric),
-        np.inf,
-    )
+    if kinetic:
+        log_ratio = kinetic_log_accept_ratio(logp, logp_new, x, x_new, grad, grad_new, eta, metric)
+    else:
+        log_ratio = log_accept_ratio(logp, logp_new, x, x_new, grad, grad_new, eta, metric)
+    energy_error = np.where(proposal_finite, -log_ratio, np.inf)
     ok = proposal_finite & (energy_error <= params.max_energy_error)
     with np.errstate(over="ignore"):
         accept_prob = np.where(ok, np.exp(-np.maximum(energy_error, 0.0)), 0.0)
@@ -460,13 +599,15 @@ def transition(
         if draws.accept is None:
             raise ValueError("an adjusted transition needs draws.accept (draw(..., adjust=True))")
         moved = ok & ((energy_error <= 0) | (draws.accept < accept_prob))
+    v_new = end[:, 1] if kinetic else None
     if moved.all():  # the usual case after warm-up: no copies
-        new_state = LangevinState(x_new, np.asarray(logp_new), np.asarray(grad_new))
+        new_state = LangevinState(x_new, np.asarray(logp_new), np.asarray(grad_new), v_new)
     else:
         new_state = LangevinState(
             np.where(moved[:, None], x_new, x),
             np.where(moved, logp_new, logp),
             np.where(moved[:, None], grad_new, grad),
+            np.where(moved[:, None], v_new, -state.v) if kinetic else None,
         )
     info = LangevinInfo(
         accept_prob=accept_prob,

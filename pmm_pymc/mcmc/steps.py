@@ -36,16 +36,31 @@ from pymc.util import RandomGenerator, get_value_vars_from_user_vars
 from pymc.vartypes import discrete_types
 
 from pmm_pymc._validate import check_int
-from pmm_pymc.mcmc.kernel import LangevinInfo, LangevinParams, LangevinState, draw, transition
+from pmm_pymc.mcmc.kernel import (
+    LangevinInfo,
+    LangevinParams,
+    LangevinState,
+    draw,
+    refresh_velocity,
+    transition,
+)
 from pmm_pymc.mcmc.warmup import (
     DENSE_MAX_DIM,
     Warmup,
     WarmupState,
+    check_kinetic_options,
     check_precondition,
     check_step_options,
 )
 
-__all__ = ["DENSE_MAX_DIM", "LangevinMC", "LangevinStepState", "PoissonMidpoint"]
+__all__ = [
+    "DENSE_MAX_DIM",
+    "LangevinMC",
+    "LangevinStepState",
+    "PoissonMidpoint",
+    "UnderdampedLangevin",
+    "UnderdampedPoissonMidpoint",
+]
 
 _DEFAULT_TUNE = 1000  # pm.sample's default, for the windows until setup_chain gives the real one
 
@@ -71,6 +86,8 @@ class _LangevinStep(GradientSharedStep):
     _state_class = LangevinStepState
     _K: int = 1
     _reports_midpoints: ClassVar[bool] = False
+    _kinetic: ClassVar[bool] = False
+    _kinetic_options: dict[str, Any] = {}  # noqa: RUF012 - set per instance by kinetic steps
 
     stats_dtypes_shapes: ClassVar[dict[str, tuple[Any, Any]]] = {
         "step_size": (np.float64, []),
@@ -153,6 +170,7 @@ class _LangevinStep(GradientSharedStep):
             adapt_step_size=self.adapt_step_size,
             target_accept=self.target_accept,
             precondition=self.precondition,
+            **self._kinetic_options,
         )
         self.n_tune = _DEFAULT_TUNE
         self.tune = True
@@ -236,22 +254,41 @@ class _LangevinStep(GradientSharedStep):
         warmup = self.warmup
         if self.tune and not warmup.started:
             n_steps += warmup.start(state, self._logp_grad_rows)
+        if self._kinetic:
+            if n_steps or self._v_metric is not warmup.metric:
+                # A new point (from the start or another step) or a new preconditioner: the
+                # velocity is refreshed from its stationary law N(0, M^{-1}).
+                self._v = refresh_velocity(self.rng, warmup.metric, 1, self._n_dim)[0]
+                self._v_metric = warmup.metric
+            state = state._replace(v=self._v[None])
         params = LangevinParams(
             warmup.step_size,
             self._K,
             warmup.metric,
             self.max_energy_error,
             adjust=self.tune and warmup.adjusts,
+            friction=warmup.friction,
         )
-        draws = draw(self.rng, self._K, 1, self._n_dim, adjust=params.adjust, gap=False)
+        draws = draw(
+            self.rng,
+            self._K,
+            1,
+            self._n_dim,
+            adjust=params.adjust,
+            gap=False,
+            kinetic=self._kinetic,
+        )
         state, info = transition(self._logp_grad_rows, draws, state, params)
         if self.tune:
             state, spent = warmup.update(state, info, self._logp_grad_rows)
             n_steps += spent
         if info.moved[0]:
             self._x, self._logp, self._grad = state.x[0], float(state.logp[0]), state.grad[0]
+        if self._kinetic:
+            self._v = state.v[0]
         self.iter_count += 1
-        return self._x, [self._stats(params.step_size, n_steps + int(info.n_steps[0]), info)]
+        stats = self._stats(params.step_size, n_steps + int(info.n_steps[0]), info)
+        return self._x, [stats]
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -290,6 +327,8 @@ class _LangevinStep(GradientSharedStep):
         if self._reports_midpoints:
             stats["n_midpoints"] = int(info.n_midpoints[0])
             stats["lmc_fallback"] = bool(info.fallback[0])
+        if self._kinetic:
+            stats["friction"] = float(self.warmup.friction)
         return stats
 
     def _logp_grad_rows(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -320,6 +359,8 @@ class _LangevinStep(GradientSharedStep):
         self._grad: np.ndarray | None = None
         self._returned: dict[str, np.ndarray] | None = None
         self._shared_values: dict[str, np.ndarray] | None = None
+        self._v: np.ndarray | None = None  # kinetic Langevin's velocity
+        self._v_metric = None  # the preconditioner it was drawn for
 
     def _bad_point_message(self, x: np.ndarray, logp: Any, grad: np.ndarray) -> str:
         names = []
@@ -418,6 +459,115 @@ class PoissonMidpoint(_LangevinStep):
         **_LangevinStep.stats_dtypes_shapes,
         "n_midpoints": (np.int64, []),
         "lmc_fallback": (bool, []),
+    }
+
+    def __init__(self, vars: Sequence[Any] | None = None, *, K: int = 4, **kwargs: Any) -> None:
+        self._K = check_int("K", K, 1)
+        super().__init__(vars, **kwargs)
+
+    @property
+    def K(self) -> int:  # noqa: N802 - the method's own name for it
+        """Number of sub-steps per block."""
+        return self._K
+
+
+_KINETIC_STATS: dict[str, tuple[Any, Any]] = {"friction": (np.float64, [])}
+
+
+class UnderdampedLangevin(_LangevinStep):
+    r"""Unadjusted kinetic (underdamped) Langevin Monte Carlo: one OBABO step per draw.
+
+    The chain moves a position ``u`` and a velocity ``v``::
+
+        du = v dt,   dv = M^{-1} grad logp(u) dt - gamma v dt + sqrt(2 gamma) M^{-1/2} dW,
+
+    discretised by OBABO with the gradient cached between steps
+    (:func:`pmm_pymc.core.kinetic_step`): one gradient evaluation per draw, like
+    :class:`LangevinMC`, but the velocity carries the chain along a direction for about
+    ``1/gamma`` time, so it crosses a posterior of condition number ``kappa`` in about
+    ``sqrt(kappa)`` steps instead of ``kappa``. Runs :func:`pmm_pymc.mcmc.kernel.transition`
+    with ``K = 1`` and ``friction`` set.
+
+    Parameters
+    ----------
+    vars : list of variables, optional
+        Continuous value variables to sample; default all continuous ones.
+    friction : float, optional
+        ``gamma``. ``None`` (default): adapted during tuning to the posterior's widest
+        scale in the units of the preconditioner
+        (:func:`pmm_pymc.mcmc.warmup.scaled_friction`).
+    energy_var_target : float, optional
+        Adapt the step size to this variance of the energy error per dimension (as MCLMC
+        does) instead of to ``target_accept``
+        (:func:`pmm_pymc.mcmc.warmup.energy_statistic`).
+    **kwargs
+        ``step_size``, ``adapt_step_size``, ``target_accept``, ``max_energy_error``,
+        ``precondition`` and PyMC's options, as for :class:`LangevinMC`; the step size is
+        the time of one OBABO step and the acceptance that of its leapfrog step
+        (:func:`pmm_pymc.mcmc.kernel.kinetic_log_accept_ratio`).
+
+    Notes
+    -----
+    The velocity is part of the chain: it is drawn from ``N(0, M^{-1})`` at the start, when
+    another step has moved the point, and when the preconditioner changes during tuning.
+    A rejected or divergent move reverses it, as generalised HMC does.
+    """
+
+    name = "ulmc"
+    _kinetic = True
+
+    stats_dtypes_shapes: ClassVar[dict[str, tuple[Any, Any]]] = {
+        **_LangevinStep.stats_dtypes_shapes,
+        **_KINETIC_STATS,
+    }
+
+    def __init__(
+        self,
+        vars: Sequence[Any] | None = None,
+        *,
+        friction: float | None = None,
+        energy_var_target: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        first, adapt, target = check_kinetic_options(friction, energy_var_target)
+        self._kinetic_options = {
+            "friction": first,
+            "adapt_friction": adapt,
+            "energy_var_target": target,
+        }
+        super().__init__(vars, **kwargs)
+
+    @property
+    def friction(self) -> float:
+        """The friction ``gamma`` of the next draw (adapting while tuning, frozen after)."""
+        return float(self.warmup.friction)
+
+
+class UnderdampedPoissonMidpoint(UnderdampedLangevin):
+    r"""The Poisson Midpoint Method on kinetic (underdamped) Langevin.
+
+    One block of time ``eta`` stands in for ``K`` OBABO steps of time ``eta/K``: the
+    gradient is frozen at the block's start for the ``K`` sub-steps, each an affine map of
+    ``(u, v)`` with 2x2 coefficients (:func:`pmm_pymc.core.kinetic_langevin_chain`), and
+    corrected at midpoints in ``u`` that fire independently with probability ``1/K``,
+    weighted by the product of the later sub-steps' matrices (:func:`pmm_pymc.core.pmm_step`).
+    ``2 - 1/K`` gradient evaluations per draw on average.
+
+    Parameters
+    ----------
+    vars : list of variables, optional
+    K : int, default 4
+        Number of sub-steps.
+    friction, energy_var_target, **kwargs
+        As for :class:`UnderdampedLangevin`.
+    """
+
+    name = "upmm"
+    _reports_midpoints = True
+
+    stats_dtypes_shapes: ClassVar[dict[str, tuple[Any, Any]]] = {
+        **PoissonMidpoint.stats_dtypes_shapes,
+        **_KINETIC_STATS,
     }
 
     def __init__(self, vars: Sequence[Any] | None = None, *, K: int = 4, **kwargs: Any) -> None:

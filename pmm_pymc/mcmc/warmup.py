@@ -50,16 +50,19 @@ __all__ = [
     "Warmup",
     "WarmupState",
     "adaptation_windows",
+    "check_kinetic_options",
     "check_precondition",
     "check_step_options",
     "curvature_metric",
     "curvature_refreshes",
+    "energy_statistic",
     "fisher_estimate",
     "initial_step_size",
+    "scaled_friction",
     "stray_rows",
 ]
 
-DEFAULT_TARGET_ACCEPT: dict[str, float] = {"lmc": 0.9, "pmm": 0.9}
+DEFAULT_TARGET_ACCEPT: dict[str, float] = {"lmc": 0.9, "pmm": 0.9, "ulmc": 0.9, "upmm": 0.9}
 """Default dual-averaging targets of the would-be MALA acceptance, per method."""
 
 DENSE_MAX_DIM = 200
@@ -102,7 +105,7 @@ def check_step_options(
     ----------
     step_size, adapt_step_size, target_accept, max_energy_error : object
         The user's values. ``target_accept=None`` takes the method's default.
-    method : {"lmc", "pmm"}
+    method : {"lmc", "pmm", "ulmc", "upmm"}
         Which default target applies.
 
     Returns
@@ -128,6 +131,33 @@ def check_step_options(
     target_accept = check_real("target_accept", target_accept, gt=0, lt=1)
     check_real("max_energy_error", max_energy_error, gt=0)
     return step_size, target_accept
+
+
+def check_kinetic_options(
+    friction: object, energy_var_target: object
+) -> tuple[float, bool, float | None]:
+    """Validate kinetic Langevin's options, shared by its step methods and ``sample_chains``.
+
+    Parameters
+    ----------
+    friction : float or None
+        ``gamma > 0``, fixed; ``None``: adapted (:func:`scaled_friction`), starting at
+        :data:`FRICTION_FACTOR`.
+    energy_var_target : float or None
+        Energy-error variance per dimension to adapt the step to (> 0), or ``None``.
+
+    Returns
+    -------
+    friction : float
+        The first (or fixed) friction.
+    adapt_friction : bool
+    energy_var_target : float or None
+    """
+    adapt = friction is None
+    friction = FRICTION_FACTOR if adapt else check_real("friction", friction, gt=0)
+    if energy_var_target is not None:
+        energy_var_target = check_real("energy_var_target", energy_var_target, gt=0)
+    return friction, adapt, energy_var_target
 
 
 def check_precondition(precondition: object, n_dim: int) -> str | None:
@@ -425,6 +455,67 @@ def stray_rows(lp_trace: np.ndarray, n_dim: int) -> np.ndarray:
     return ~finite | (lp_trace < float(np.quantile(values, 0.9)) - threshold)
 
 
+def energy_statistic(energy_error: np.ndarray, n_dim: int, target: float) -> np.ndarray:
+    """An acceptance-like statistic whose mean is ``ENERGY_STAT_TARGET`` at the target variance.
+
+    ``1 - min(e^2 / (d target), 2) / 2`` for each energy error ``e`` (0 for a non-finite
+    one): it falls as the energy error grows, lies in [0, 1] like an acceptance, and its
+    mean is 1/2 when ``E[e^2] / d = target`` (and no move is clipped), so PyMC's dual
+    averaging, fed it with the target 1/2, adapts the step to the energy-error variance
+    per dimension ``target``, as MCLMC tunes its step (Robnik et al. 2023), since
+    ``E[e^2]`` is the variance plus the square of the mean, of higher order in the step.
+
+    Parameters
+    ----------
+    energy_error : numpy.ndarray
+    n_dim : int
+    target : float
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        ratio = np.where(np.isfinite(energy_error), energy_error**2 / (n_dim * target), np.inf)
+    return 1.0 - 0.5 * np.minimum(ratio, 2.0)
+
+
+ENERGY_STAT_TARGET = 0.5
+"""The dual-averaging target of :func:`energy_statistic`."""
+
+FRICTION_FACTOR = 1.0
+"""Kinetic Langevin's friction over the widest preconditioned scale (:func:`scaled_friction`)."""
+
+
+def scaled_friction(cov_x: np.ndarray, metric: Metric, current: float) -> float:
+    """The friction ``FRICTION_FACTOR / sigma_max`` for the window's draws.
+
+    ``sigma_max^2`` is the largest variance of the draws in the units of the
+    preconditioner (``Var(x_j) / M^{-1}_jj``): about 1 once the preconditioner fits, the
+    widest scale of the posterior with ``M = I``. Kinetic Langevin in a harmonic well of
+    standard deviation ``sigma`` is critically damped at ``gamma = 2 / sigma``; half of that
+    for the widest direction lets the velocity carry the chain across it, as the
+    underdamped chain's advantage needs, and damps it within about one period.
+
+    Parameters
+    ----------
+    cov_x : numpy.ndarray, shape (d,) or (d, d)
+    metric : Metric
+    current : float
+        Kept when the variances are degenerate.
+
+    Returns
+    -------
+    float
+    """
+    var = np.diagonal(cov_x) if cov_x.ndim == 2 else cov_x
+    scaled = var / _prior_diag(metric, var.shape[0])
+    top = float(np.max(scaled)) if scaled.size else 0.0
+    if not (np.isfinite(top) and top > 0):
+        return current
+    return FRICTION_FACTOR / math.sqrt(top)
+
+
 # ------------------------------------------------------------------------------------------------
 # The warm-up
 # ------------------------------------------------------------------------------------------------
@@ -439,6 +530,7 @@ class WarmupState(DataClassState):
     started: bool
     step_size: float | np.ndarray
     metric: Metric
+    friction: float | None
     step_adapt: StepSizeState
     n_window: int
     mean_x: np.ndarray
@@ -474,6 +566,16 @@ class Warmup(WithSamplingState):
         :class:`~pymc.step_methods.step_sizes.DualAverageAdaptation` works elementwise),
         instead of one for all rows fed their mean acceptance. Rows in different regions
         (a far start, a funnel's neck) then do not drag each other's step size.
+    friction : float, optional
+        Kinetic Langevin's friction ``gamma`` (its first value when ``adapt_friction``);
+        ``None`` for overdamped Langevin.
+    adapt_friction : bool, default False
+        Set ``gamma = FRICTION_FACTOR / sigma_max`` at the end of each slow window, with
+        ``sigma_max`` the largest standard deviation of the window's draws in the units
+        of the new preconditioner (:func:`scaled_friction`).
+    energy_var_target : float, optional
+        Adapt the step size to this variance of the energy error per dimension instead of
+        to ``target_accept`` (:func:`energy_statistic`).
 
     Notes
     -----
@@ -506,8 +608,14 @@ class Warmup(WithSamplingState):
         precondition: str | None,
         restart_stray: bool = False,
         per_row_step: bool = False,
+        friction: float | None = None,
+        adapt_friction: bool = False,
+        energy_var_target: float | None = None,
     ) -> None:
         self.n_dim = int(n_dim)
+        self.first_friction = None if friction is None else float(friction)
+        self.adapt_friction = bool(adapt_friction) and friction is not None
+        self.energy_var_target = None if energy_var_target is None else float(energy_var_target)
         self.per_row_step = bool(per_row_step)
         self.first_step = float(step_size) if step_size is not None else initial_step_size(n_dim)
         self.adapt_step_size = bool(adapt_step_size)
@@ -533,6 +641,7 @@ class Warmup(WithSamplingState):
         self.started = False
         self.step_size = self.first_step
         self.metric = Metric.identity()
+        self.friction = self.first_friction
         self.step_adapt = self._dual_averaging(self.first_step)
         self.lp_trace = self.accept_trace = self.n_restarts = None
         self.late_restarts = 0
@@ -611,8 +720,10 @@ class Warmup(WithSamplingState):
             self.lp_trace += _TRACE_RATE * (state.logp - self.lp_trace)
             self.accept_trace += _TRACE_RATE * (info.accept_prob - self.accept_trace)
         if self.adapt_step_size:
-            accept = info.accept_prob if self.per_row_step else float(np.mean(info.accept_prob))
-            self.step_adapt.update(accept, True)
+            stat = info.accept_prob
+            if self.energy_var_target is not None:
+                stat = energy_statistic(info.energy_error, self.n_dim, self.energy_var_target)
+            self.step_adapt.update(stat if self.per_row_step else float(np.mean(stat)), True)
             self.step_size = self._current_step(tune=True)
 
         window = next(((a, b) for a, b in self.windows if a <= it < b), None)
@@ -634,6 +745,8 @@ class Warmup(WithSamplingState):
                         self.metric = Metric.diag(new) if self.kind == "diag" else Metric.dense(new)
                     except np.linalg.LinAlgError:
                         pass
+            if self.adapt_friction and not restarted:
+                self.friction = scaled_friction(self._covariances()[0], self.metric, self.friction)
             self._restart_window()
             self._restart_step_size()
         return state, n_evals
@@ -681,7 +794,8 @@ class Warmup(WithSamplingState):
 
     def _dual_averaging(self, initial_step: float | np.ndarray) -> DualAverageAdaptation:
         """PyMC's NUTS step-size adaptation (same constants), started at ``initial_step``."""
-        return DualAverageAdaptation(initial_step, self.target_accept, 0.05, 0.75, 10)
+        target = self.target_accept if self.energy_var_target is None else ENERGY_STAT_TARGET
+        return DualAverageAdaptation(initial_step, target, 0.05, 0.75, 10)
 
     def _current_step(self, tune: bool) -> float | np.ndarray:
         step = self.step_adapt.current(tune)
@@ -735,8 +849,11 @@ class Warmup(WithSamplingState):
         lost = np.flatnonzero(stray)
         # evenly spread over the bulk, deterministically (the warm-up owns no generator)
         source = bulk[(np.arange(lost.size) * bulk.size) // lost.size]
-        x, logp, grad = (np.array(a, copy=True) for a in state)
-        x[lost], logp[lost], grad[lost] = x[source], logp[source], grad[source]
+        # every field (velocities included) is copied from the source rows
+        fields = [None if a is None else np.array(a, copy=True) for a in state]
+        for a in fields:
+            if a is not None:
+                a[lost] = a[source]
         self.lp_trace[lost] = self.lp_trace[source]
         self.accept_trace[lost] = self.accept_trace[source]
         self.n_restarts[lost] += 1
@@ -745,4 +862,4 @@ class Warmup(WithSamplingState):
         if self.per_row_step:  # a restarted row takes its source's step size too
             self.step_size[lost] = self.step_size[source]
             self._restart_step_size()
-        return LangevinState(x, logp, grad), True
+        return LangevinState(*fields), True
