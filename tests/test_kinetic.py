@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pymc as pm
 import pytest
 
 from pmm_pymc.core import (
@@ -16,15 +17,19 @@ from pmm_pymc.core import (
     kinetic_step,
     pmm_step,
 )
+from pmm_pymc.mcmc.chains import sample_chains
 from pmm_pymc.mcmc.kernel import (
     LangevinParams,
     LangevinState,
     Metric,
     draw,
     kinetic_log_accept_ratio,
+    kinetic_stability_limit,
     refresh_velocity,
     transition,
 )
+from pmm_pymc.mcmc.steps import LangevinMC, UnderdampedLangevin, UnderdampedPoissonMidpoint
+from pmm_pymc.mcmc.warmup import energy_statistic
 
 
 def exact_kinetic_covariance(eta: float, friction: float, K: int) -> np.ndarray:
@@ -225,3 +230,181 @@ def test_kinetic_transition_needs_velocities_and_kinetic_noise():
         transition(_gauss, draw(rng, 2, 2, 3, adjust=False, kinetic=True), state, params)
     with pytest.raises(ValueError, match="gap noise"):
         draw(rng, 2, 2, 3, adjust=False, kinetic=True, gap=True)
+
+
+# --- stability ---------------------------------------------------------------------------------
+
+
+def _second_moment_radius(eta: float, friction: float, K: int) -> float:
+    """Spectral radius of E[A (x) A] by enumerating the firing patterns (as in the covariance)."""
+    a, g, _ = kinetic_step(eta / K, friction)
+    e1 = np.array([[1.0, 0.0]])
+    power = [np.linalg.matrix_power(a, n) for n in range(K + 1)]
+    P = [np.eye(2)] + [power[i] - sum(power[j] @ g @ e1 for j in range(i)) for i in range(1, K + 1)]
+    transfer = np.zeros((4, 4))
+    for pattern in itertools.product((0, 1), repeat=K - 1):
+        fired = [i + 1 for i, h in enumerate(pattern) if h]
+        prob = np.prod([1 / K if h else 1 - 1 / K for h in pattern])
+        A = P[K] - K * sum(
+            (power[K - 1 - i] @ g @ e1 @ (P[i] - np.eye(2)) for i in fired), np.zeros((2, 2))
+        )
+        transfer += prob * np.kron(A, A)
+    return float(np.max(np.abs(np.linalg.eigvals(transfer))))
+
+
+@pytest.mark.parametrize(("K", "friction_time"), [(1, 0.5), (4, 0.05), (4, 1.0), (8, 0.3)])
+def test_stability_limit_is_where_the_second_moment_stops_contracting(K, friction_time):
+    """kinetic_stability_limit against the enumerated transfer matrix: stable 2 % below it,
+    unstable 2 % above (the limit is a root found by bisection to 1e-8)."""
+    limit = kinetic_stability_limit(K, friction_time)
+    for factor, stable in ((0.98, True), (1.02, False)):
+        eta = factor * limit
+        assert (_second_moment_radius(eta, friction_time / eta, K) < 1.0) is stable
+    if K == 1:
+        assert limit == pytest.approx(2.0, abs=1e-6)  # the leapfrog's limit
+
+
+def test_guard_falls_back_to_obabo_outside_pmms_stability_region():
+    """N(0, 1/L) with eta sqrt(L) = 1.5, gamma eta = 0.1, K = 8: outside kinetic PMM's region
+    (limit about 1.0) but inside OBABO's (2). The guard takes the OBABO endpoint whenever a
+    midpoint fired, so the chain stays finite with E[u^2] L of order 1 (OBABO's exact value
+    is 1 / (1 - 1.5^2/4) = 2.29; the guard fires only when the secant sees the curvature, so
+    the bound allows 2x)."""
+    L, eta, K, d, B = 100.0, 0.15, 8, 4, 32
+    friction = 0.1 / eta
+    assert kinetic_stability_limit(K, 0.1) < 1.2
+
+    def stiff(points):
+        return -0.5 * L * np.einsum("ij,ij->i", points, points), -L * points
+
+    rng = np.random.default_rng(5)
+    metric = Metric.identity()
+    x = rng.standard_normal((B, d)) / np.sqrt(L)
+    state = LangevinState(x, *stiff(x), refresh_velocity(rng, metric, B, d))
+    params = LangevinParams(eta, K, metric, friction=friction)
+    fell_back, squares = 0, []
+    for it in range(600):
+        state, info = transition(
+            stiff, draw(rng, K, B, d, adjust=False, kinetic=True), state, params
+        )
+        fell_back += int(info.fallback.sum())
+        if it >= 100:
+            squares.append(float((state.x**2).mean()) * L)
+    assert np.all(np.isfinite(squares))
+    assert fell_back > 0
+    assert np.mean(squares) < 2 * 2.29
+
+
+# --- PyMC step methods and sample_chains ----------------------------------------------------
+
+
+SAMPLE_KW = {"progressbar": False, "compute_convergence_checks": False}
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    with pm.Model() as model:
+        s = pm.HalfNormal("s", 1.0)
+        pm.StudentT("z", nu=4.0, mu=0.0, sigma=s, shape=(2, 2))
+    return model
+
+
+def test_kinetic_steps_give_identical_draws_across_cores(small_model):
+    """cores=1 and cores=2 (spawned: the step is pickled) give the same draws and stats; the
+    chains differ; the velocity and friction are per chain."""
+    kw = dict(draws=30, tune=30, chains=2, random_seed=3, **SAMPLE_KW)
+    with small_model:
+        one = pm.sample(step=UnderdampedPoissonMidpoint(), cores=1, **kw)
+        two = pm.sample(step=UnderdampedPoissonMidpoint(), cores=2, mp_ctx="spawn", **kw)
+    for name in ("s", "z"):
+        a, b = one.posterior[name].values, two.posterior[name].values
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a[0], a[1])
+    for stat in ("step_size", "n_steps", "n_midpoints", "friction", "energy_error"):
+        np.testing.assert_array_equal(one.sample_stats[stat].values, two.sample_stats[stat].values)
+
+
+@pytest.mark.parametrize("cls", [UnderdampedLangevin, UnderdampedPoissonMidpoint])
+def test_kinetic_step_samples_a_correlated_gaussian(cls):
+    """Means within 0.15 sd and sds within 10 % on a 2-d Gaussian with correlation -0.99
+    after the default warm-up (2 chains x 1500 draws: the Monte-Carlo error of a mean is about
+    0.05 sd at the ESS these reach, and the default's bias on the sd is below 5 %)."""
+    cov = np.array([[1.0, -0.99 * 3.0], [-0.99 * 3.0, 9.0]])
+    with pm.Model():
+        pm.MvNormal("x", mu=np.array([1.0, -2.0]), cov=cov)
+        idata = pm.sample(
+            1500, tune=1000, chains=2, cores=1, step=cls(), random_seed=11, **SAMPLE_KW
+        )
+    draws = idata.posterior["x"].values.reshape(-1, 2)
+    sd = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(draws.mean(axis=0) - [1.0, -2.0]) / sd < 0.15)
+    assert np.all(np.abs(draws.std(axis=0) / sd - 1) < 0.10)
+    assert int(idata.sample_stats["diverging"].sum()) == 0
+    expected_steps = 1.0 if cls is UnderdampedLangevin else 2 - 1 / 4
+    assert float(idata.sample_stats["n_steps"].mean()) == pytest.approx(expected_steps, abs=0.05)
+
+
+def test_sample_chains_kinetic_fixed_step_has_the_exact_stationary_covariance():
+    """sample_chains(method='upmm') with a fixed step, no preconditioner and a fixed friction on
+    N(0, I): E[u^2] is the exact covariance's (Lyapunov, above); 4 standard errors over the
+    independent chains' time averages."""
+    eta, friction, K = 1.0, 1.0, 4
+    with pm.Model() as model:
+        pm.Normal("x", 0.0, 1.0, shape=3)
+    idata = sample_chains(
+        model,
+        chains=256,
+        draws=400,
+        tune=0,
+        method="upmm",
+        K=K,
+        step_size=eta,
+        adapt_step_size=False,
+        precondition=None,
+        friction=friction,
+        random_seed=2,
+        compute_convergence_checks=False,
+    )
+    m2 = (idata.posterior["x"].values[:, 50:] ** 2).mean(axis=(1, 2))
+    exact = exact_kinetic_covariance(eta, friction, K)[0, 0]
+    se = m2.std(ddof=1) / np.sqrt(m2.size)
+    assert abs(m2.mean() - exact) < 4 * se, (m2.mean(), exact, se)
+    assert abs(m2.mean() - exact_kinetic_covariance(eta, friction, 1)[0, 0]) > 10 * se
+    assert float(idata.sample_stats["friction"].mean()) == friction
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"friction": 0.0}, "friction must be a finite number > 0, got 0.0"),
+        ({"friction": -1.0}, "friction must be a finite number > 0"),
+        ({"friction": "1"}, "friction must be a finite number"),
+        ({"energy_var_target": 0}, "energy_var_target must be a finite number > 0, got 0"),
+        ({"K": 0}, "K must be an integer >= 1, got 0"),
+        ({"target_accept": 1.5}, "target_accept must be a finite number > 0 and < 1"),
+    ],
+)
+def test_kinetic_bad_options(small_model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        UnderdampedPoissonMidpoint(model=small_model, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        sample_chains(small_model, method="upmm", chains=2, draws=2, **kwargs)
+
+
+def test_kinetic_options_belong_to_the_kinetic_methods(small_model):
+    with pytest.raises(ValueError, match="friction and energy_var_target are options of"):
+        sample_chains(small_model, method="pmm", friction=1.0, chains=2, draws=2)
+    with pytest.raises(ValueError, match="K must be None or 1 with method='ulmc', got 4"):
+        sample_chains(small_model, method="ulmc", K=4, chains=2, draws=2)
+    with pytest.raises(TypeError):
+        LangevinMC(model=small_model, friction=1.0)
+
+
+def test_energy_statistic_centres_on_the_target():
+    """Its mean is 1/2 when E[e^2]/d is the target: 0.01 is 6 standard errors of the mean of
+    200,000 values (sd 0.71), and the clip moves it by under 1e-5."""
+    rng = np.random.default_rng(0)
+    d, target = 10, 5e-4
+    e = rng.standard_normal(200_000) * np.sqrt(d * target)
+    assert energy_statistic(e, d, target).mean() == pytest.approx(0.5, abs=0.01)
+    assert energy_statistic(np.array([np.inf, np.nan]), d, target).tolist() == [-9.0, -9.0]

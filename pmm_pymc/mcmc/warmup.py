@@ -458,12 +458,13 @@ def stray_rows(lp_trace: np.ndarray, n_dim: int) -> np.ndarray:
 def energy_statistic(energy_error: np.ndarray, n_dim: int, target: float) -> np.ndarray:
     """An acceptance-like statistic whose mean is ``ENERGY_STAT_TARGET`` at the target variance.
 
-    ``1 - min(e^2 / (d target), 2) / 2`` for each energy error ``e`` (0 for a non-finite
-    one): it falls as the energy error grows, lies in [0, 1] like an acceptance, and its
-    mean is 1/2 when ``E[e^2] / d = target`` (and no move is clipped), so PyMC's dual
-    averaging, fed it with the target 1/2, adapts the step to the energy-error variance
-    per dimension ``target``, as MCLMC tunes its step (Robnik et al. 2023), since
-    ``E[e^2]`` is the variance plus the square of the mean, of higher order in the step.
+    ``1 - min(r, ENERGY_RATIO_CLIP) / 2`` with ``r = e^2 / (d target)`` for each energy error
+    ``e`` (``r = inf`` for a non-finite one). Its mean is 1/2 when ``E[e^2] / d = target``,
+    up to the clip, which moves it by less than 1e-5 for Gaussian energy errors
+    (``P(chi^2_1 > 20) = 8e-6``) and keeps one divergent move from collapsing the step. So
+    PyMC's dual averaging, fed it with the target 1/2, adapts the step to the energy-error
+    variance per dimension ``target``, as MCLMC tunes its step (Robnik et al. 2023):
+    ``E[e^2]`` is the variance plus the squared mean, which is of higher order in the step.
 
     Parameters
     ----------
@@ -474,11 +475,15 @@ def energy_statistic(energy_error: np.ndarray, n_dim: int, target: float) -> np.
     Returns
     -------
     numpy.ndarray
+        Values in ``[1 - ENERGY_RATIO_CLIP / 2, 1]``.
     """
     with np.errstate(over="ignore", invalid="ignore"):
         ratio = np.where(np.isfinite(energy_error), energy_error**2 / (n_dim * target), np.inf)
-    return 1.0 - 0.5 * np.minimum(ratio, 2.0)
+    return 1.0 - 0.5 * np.minimum(ratio, ENERGY_RATIO_CLIP)
 
+
+ENERGY_RATIO_CLIP = 20.0
+""":func:`energy_statistic` clips ``e^2 / (d target)`` here."""
 
 ENERGY_STAT_TARGET = 0.5
 """The dual-averaging target of :func:`energy_statistic`."""
