@@ -39,13 +39,13 @@ from pytensor.tensor.special import LogSumExp
 from xarray import DataTree
 
 from pmm_pymc._validate import check_bool, check_choice, check_int
+from pmm_pymc.mcmc.blocks import advance
 from pmm_pymc.mcmc.kernel import (
+    OBABO_STABILITY_LIMIT,
     LangevinInfo,
     LangevinParams,
     LangevinState,
-    draw,
-    refresh_velocity,
-    transition,
+    pmm_stability_limit,
 )
 from pmm_pymc.mcmc.warmup import (
     Warmup,
@@ -393,6 +393,7 @@ def sample_chains(
     friction: float | None = None,
     energy_var_target: float | None = None,
     precondition: Literal["auto", "diag", "dense"] | None = "auto",
+    blocks_per_draw: int = 1,
     restart_stray_chains: bool = True,
     initvals: dict | None = None,
     jitter: bool = True,
@@ -453,6 +454,12 @@ def sample_chains(
         start, then from the draws and gradients of all chains in Stan's windows.
         ``"auto"``: ``"dense"`` up to 200 dimensions, ``"diag"`` above.
         ``None``: ``M = I``.
+    blocks_per_draw : int, default 1
+        Transitions per recorded draw (thinning), as for the per-chain steps: each
+        draw runs this many transitions of all chains and records the last state; the
+        warm-up's windows are counted in transitions (``tune * blocks_per_draw``); the
+        stats count the gradients of all transitions and combine the rest as
+        :func:`pmm_pymc.mcmc.kernel.combine_info` says.
     restart_stray_chains : bool, default True
         During warm-up, restart a chain whose log density stays far below that of
         the bulk of the chains (a spurious local mode, a start it cannot leave)
@@ -491,7 +498,7 @@ def sample_chains(
         The layout of ``pm.sample``'s: ``posterior`` (constrained values and
         deterministics, dims ``chain``, ``draw`` and the model's), and
         ``sample_stats`` with the stats of the per-chain steps (``step_size``,
-        ``n_steps``, ``diverging``, ``energy_error``, ``lp``, and for PMM
+        ``n_steps``, ``diverging``, ``energy_error``, ``lp``, ``left_bulk``, and for PMM
         ``n_midpoints`` and ``lmc_fallback``) and ``warmup_restarts`` (dims
         ``chain``: how often each chain was restarted during warm-up), plus
         ``observed_data`` and ``constant_data`` where the model has them.
@@ -527,6 +534,7 @@ def sample_chains(
         backend,
     )
     check_precondition(precondition, 0)
+    blocks_per_draw = check_int("blocks_per_draw", blocks_per_draw, 1)
     kinetic = method in ("upmm", "ulmc")
     if kinetic:
         kinetic_options = dict(
@@ -570,9 +578,10 @@ def sample_chains(
             precondition=check_precondition(precondition, n),
             restart_stray=restart_stray_chains,
             per_row_step=True,
+            stability_limit=OBABO_STABILITY_LIMIT if kinetic else pmm_stability_limit(K),
             **kinetic_options,
         )
-        warmup.reset(tune)
+        warmup.reset(tune * blocks_per_draw)
         t_start = time.perf_counter()
         run = _run(
             logp_grad,
@@ -582,6 +591,7 @@ def sample_chains(
             draws=draws,
             tune=tune,
             K=K,
+            blocks_per_draw=blocks_per_draw,
             max_energy_error=float(max_energy_error),
             keep_tune=not discard_tuned_samples,
             progress=progress,
@@ -634,6 +644,16 @@ def sample_chains(
         )
         (messages if late else notes).append(text)
     messages += run.problems
+    left = run.stats["left_bulk"][n_warmup:].any(axis=0)
+    if left.any():
+        messages.append(
+            f"{int(left.sum())} of {chains} chains left the bulk of the posterior during "
+            "sampling: the moving average of their log density fell more than the stray-chain "
+            "margin below the level of the end of warm-up. The step size is probably outside "
+            "the sampler's stability region there: rerun with a higher target_accept or a "
+            "smaller step_size, or use NUTS. Per draw: sample_stats['left_bulk']; chains: "
+            f"{np.flatnonzero(left).tolist()[:20]}."
+        )
     warns = [SamplerWarning(WarningType.BAD_PARAMS, m, "info") for m in notes]
     warns += [SamplerWarning(WarningType.BAD_PARAMS, m, "warn") for m in messages]
     if compute_convergence_checks and run.n_recorded > n_warmup:
@@ -653,9 +673,14 @@ def _run(
     K: int,
     max_energy_error: float,
     keep_tune: bool,
+    blocks_per_draw: int = 1,
     progress: bool,
 ) -> _Run:
-    """The loop: transition, warm-up update, record. Stops early, keeping all, on Ctrl-C."""
+    """The loop: transitions and warm-up updates, record. Stops early, keeping all, on Ctrl-C.
+
+    Each of the ``tune + draws`` iterations runs ``blocks_per_draw`` transitions, each
+    followed by the warm-up update while tuning, and records the last state.
+    """
     C, n = state.x.shape
     first_kept = 0 if keep_tune else tune
     n_kept = tune + draws - first_kept
@@ -669,6 +694,7 @@ def _run(
         "model_logp": np.empty((n_kept, C)),
         "lmc_fallback": np.empty((n_kept, C), dtype=bool),
         "friction": np.empty((n_kept, C)),
+        "left_bulk": np.zeros((n_kept, C), dtype=bool),
     }
     bar = None
     if progress:
@@ -680,33 +706,27 @@ def _run(
     interrupted = False
     try:
         start_evals = warmup.start(state, logp_grad) if tune else 0
-        kinetic = warmup.friction is not None
-        velocity_metric = None
         for it in range(tune + draws):
             tuning = it < tune
-            if kinetic and velocity_metric is not warmup.metric:
-                # the start, or a new preconditioner: velocities from N(0, M^{-1})
-                state = state._replace(v=refresh_velocity(rng, warmup.metric, C, n))
-                velocity_metric = warmup.metric
-            params = LangevinParams(
-                warmup.step_size,
-                K,
-                warmup.metric,
-                max_energy_error,
-                adjust=tuning and warmup.adjusts,
-                friction=warmup.friction,
+            run = advance(
+                logp_grad,
+                state,
+                warmup,
+                rng,
+                K=K,
+                n_blocks=blocks_per_draw,
+                max_energy_error=max_energy_error,
+                tuning=tuning,
             )
-            randoms = draw(rng, K, C, n, adjust=params.adjust, kinetic=kinetic)
-            state, info = transition(logp_grad, randoms, state, params)
-            spent = start_evals if it == 0 else 0
-            if tuning:
-                state, refresh_evals = warmup.update(state, info, logp_grad)
-                spent += refresh_evals
-                if it + 1 == tune:
-                    problems = warmup.finish()
+            state, info, params = run.state, run.info, run.params
+            spent = run.n_evals + (start_evals if it == 0 else 0)
+            if tuning and it + 1 == tune:
+                problems = warmup.finish()
             if it >= first_kept:
                 _record(out_x, out, it - first_kept, state, info, params)
                 out["n_steps"][it - first_kept] += spent
+                if not tuning:
+                    out["left_bulk"][it - first_kept] = warmup.watch(state.logp)
             if bar is not None:
                 bar.update()
         it += 1

@@ -32,7 +32,7 @@ uniforms for the acceptance.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -53,6 +53,8 @@ __all__ = [
     "LangevinParams",
     "LangevinState",
     "Metric",
+    "OBABO_STABILITY_LIMIT",
+    "combine_info",
     "draw",
     "gap_noise",
     "kinetic_log_accept_ratio",
@@ -60,6 +62,7 @@ __all__ = [
     "log_accept_ratio",
     "pmm_stability_limit",
     "refresh_velocity",
+    "secant_curvature",
     "transition",
 ]
 
@@ -363,6 +366,9 @@ def _kinetic_limit(K: int, friction_time: float | np.ndarray) -> float | np.ndar
     return np.interp(np.log(friction_time), np.log(_FRICTION_TIMES), _kinetic_limits(K))
 
 
+OBABO_STABILITY_LIMIT = 2.0
+"""OBABO (kinetic LMC, and kinetic PMM's fallback) is stable for ``eta sqrt(L)`` below this."""
+
 _stability_limit = functools.lru_cache(maxsize=64)(pmm_stability_limit)
 _chain = functools.lru_cache(maxsize=64)(langevin_chain)
 
@@ -586,12 +592,27 @@ def _block(
     return chain, weights, np.stack([state.x, state.v], axis=1), drift0[:, None, :]
 
 
-def _secant(
+def secant_curvature(
     metric: Metric, drift_change: np.ndarray, move: np.ndarray, finite: np.ndarray
 ) -> np.ndarray:
     """Secant estimate of the preconditioned drift's Lipschitz constant, per row.
 
-    ``||M^{1/2} db|| / ||M^{1/2} dx||``, 0 where not finite or the move is zero.
+    ``||M^{1/2} db|| / ||M^{1/2} dx||``, 0 where ``finite`` is False, not finite or the
+    move is zero.
+
+    Parameters
+    ----------
+    metric : Metric
+    drift_change : numpy.ndarray, shape (B, d)
+        ``db``, the change of the preconditioned drift ``M^{-1} grad``.
+    move : numpy.ndarray, shape (B, d)
+        ``dx``.
+    finite : numpy.ndarray of bool, shape (B,)
+        Rows to measure.
+
+    Returns
+    -------
+    numpy.ndarray, shape (B,)
     """
     with np.errstate(all="ignore"):
         num = metric.norm_sq(drift_change)
@@ -660,7 +681,7 @@ def transition(
         finite = np.isfinite(lp) & np.isfinite(g).all(axis=1)
         midpoint_finite[rows[~finite]] = False
         b = metric.drift(g)
-        ratio = _secant(metric, b - drift0[rows], positions - x[rows], finite)
+        ratio = secant_curvature(metric, b - drift0[rows], positions - x[rows], finite)
         np.maximum.at(stiffness, rows, ratio)
         return b[:, None, :] if kinetic else b
 
@@ -701,7 +722,7 @@ def transition(
         # A row where nothing fired has not seen the curvature yet; kinetic PMM's frozen-drift
         # block is unstable outside the region, so the secant to the proposal is checked too,
         # and a row outside takes the OBABO step instead (one more gradient evaluation).
-        seen = _secant(metric, metric.drift(grad_new) - drift0, x_new - x, proposal_finite)
+        seen = secant_curvature(metric, metric.drift(grad_new) - drift0, x_new - x, proposal_finite)
         np.maximum(stiffness, seen, out=stiffness)
         late = outside(proposal_finite & ~fallback)
         if late.any():
@@ -750,3 +771,49 @@ def transition(
         fallback=fallback,
     )
     return new_state, info
+
+
+def combine_info(infos: Sequence[LangevinInfo]) -> LangevinInfo:
+    """What consecutive transitions of the same rows did together, per row.
+
+    For a draw made of several transitions (``blocks_per_draw`` of the samplers): the
+    gradient counts (``n_midpoints``, ``n_steps``) add up; ``diverging``, ``moved`` and
+    ``fallback`` hold if they held in any; ``stiffness`` is the largest. The per-move
+    quantities (``accept_prob``, ``energy_error``, ``midpoint_finite``,
+    ``proposal_finite``) are those of the first diverging transition where a row
+    diverged (so a warning can say why), else those of the last one.
+
+    Parameters
+    ----------
+    infos : sequence of LangevinInfo
+        The infos of the transitions, in the order they ran (at least one).
+
+    Returns
+    -------
+    LangevinInfo
+    """
+    if len(infos) == 1:
+        return infos[0]
+    diverging = np.stack([info.diverging for info in infos])  # (n, B)
+    any_diverging = diverging.any(axis=0)
+    reported = np.where(any_diverging, np.argmax(diverging, axis=0), len(infos) - 1)
+    rows = np.arange(diverging.shape[1])
+
+    def stacked(name: str) -> np.ndarray:
+        return np.stack([getattr(info, name) for info in infos])
+
+    def pick(name: str) -> np.ndarray:
+        return stacked(name)[reported, rows]
+
+    return LangevinInfo(
+        accept_prob=pick("accept_prob"),
+        energy_error=pick("energy_error"),
+        diverging=any_diverging,
+        moved=stacked("moved").any(axis=0),
+        midpoint_finite=pick("midpoint_finite"),
+        proposal_finite=pick("proposal_finite"),
+        n_midpoints=stacked("n_midpoints").sum(axis=0),
+        n_steps=stacked("n_steps").sum(axis=0),
+        stiffness=stacked("stiffness").max(axis=0),
+        fallback=stacked("fallback").any(axis=0),
+    )

@@ -12,7 +12,8 @@ Conventions (``docs/method.md`` has the derivation)::
     drift  b(x) = M^{-1} grad logp(x)
     LMC    x'   = x + eta b(x) + sqrt(2 eta) M^{-1/2} xi
 
-Random numbers, per draw and in this order, from the step's
+Random numbers, per transition and in this order (``blocks_per_draw`` transitions per
+draw, one after the other), from the step's
 :class:`numpy.random.Generator` (:func:`pmm_pymc.mcmc.kernel.draw` with ``B = 1``): for
 ``K > 1``, ``U = rng.random((K - 1, 1))`` with midpoint ``i`` firing when ``U[i - 1] < 1/K``;
 ``Z = rng.standard_normal((K, 1, d))`` (the sub-step noise, scaled to ``M^{-1/2} Z``); while
@@ -36,13 +37,12 @@ from pymc.util import RandomGenerator, get_value_vars_from_user_vars
 from pymc.vartypes import discrete_types
 
 from pmm_pymc._validate import check_int
+from pmm_pymc.mcmc.blocks import advance
 from pmm_pymc.mcmc.kernel import (
+    OBABO_STABILITY_LIMIT,
     LangevinInfo,
-    LangevinParams,
     LangevinState,
-    draw,
-    refresh_velocity,
-    transition,
+    pmm_stability_limit,
 )
 from pmm_pymc.mcmc.warmup import (
     DENSE_MAX_DIM,
@@ -72,6 +72,7 @@ class LangevinStepState(StepMethodState):
     tune: bool
     iter_count: int
     warmup: WarmupState
+    bulk_reported: bool
 
 
 class _LangevinStep(GradientSharedStep):
@@ -96,6 +97,7 @@ class _LangevinStep(GradientSharedStep):
         "energy_error": (np.float64, []),
         "model_logp": (np.float64, []),
         "tune": (bool, []),
+        "left_bulk": (bool, []),
         "warning": (SamplerWarning, None),
     }
 
@@ -108,6 +110,7 @@ class _LangevinStep(GradientSharedStep):
         target_accept: float | None = None,
         max_energy_error: float = 1000.0,
         precondition: Literal["auto", "diag", "dense"] | None = "auto",
+        blocks_per_draw: int = 1,
         model: Model | None = None,
         blocked: bool = True,
         rng: RandomGenerator = None,
@@ -119,6 +122,7 @@ class _LangevinStep(GradientSharedStep):
             step_size, adapt_step_size, target_accept, max_energy_error, self.name
         )
         check_precondition(precondition, 0)
+        self.blocks_per_draw = check_int("blocks_per_draw", blocks_per_draw, 1)
 
         self._model = modelcontext(model)
         if vars is None:
@@ -170,6 +174,9 @@ class _LangevinStep(GradientSharedStep):
             adapt_step_size=self.adapt_step_size,
             target_accept=self.target_accept,
             precondition=self.precondition,
+            stability_limit=OBABO_STABILITY_LIMIT
+            if self._kinetic
+            else pmm_stability_limit(self._K),
             **self._kinetic_options,
         )
         self.n_tune = _DEFAULT_TUNE
@@ -191,9 +198,14 @@ class _LangevinStep(GradientSharedStep):
         return Competence.INCOMPATIBLE
 
     def reset_tuning(self, start: PointType | None = None) -> None:
-        """Restart the warm-up and forget the cached point."""
-        self.warmup.reset(self.n_tune)
+        """Restart the warm-up and forget the cached point.
+
+        The warm-up's windows are counted in transitions: ``n_tune`` tuning draws of
+        ``blocks_per_draw`` transitions each.
+        """
+        self.warmup.reset(self.n_tune * self.blocks_per_draw)
         self.iter_count = 0
+        self.bulk_reported = False
         self._pending_warnings: list[str] = []
         self._invalidate_cache()
 
@@ -241,7 +253,8 @@ class _LangevinStep(GradientSharedStep):
         return out, stats
 
     def astep(self, q0: RaveledVars | np.ndarray) -> tuple[np.ndarray, StatsType]:
-        """One transition from the raveled point ``q0``: transition, warm-up update, stats."""
+        """One draw from the raveled point ``q0``: ``blocks_per_draw`` transitions (each
+        followed by the warm-up update while tuning), the last state recorded, and stats."""
         x = q0.data if isinstance(q0, RaveledVars) else q0
         n_steps = 0
         if self._x is None or (x is not self._x and not np.array_equal(x, self._x)):
@@ -255,48 +268,55 @@ class _LangevinStep(GradientSharedStep):
         if self.tune and not warmup.started:
             n_steps += warmup.start(state, self._logp_grad_rows)
         if self._kinetic:
-            if n_steps or self._v_metric is not warmup.metric:
-                # A new point (from the start or another step) or a new preconditioner: the
-                # velocity is refreshed from its stationary law N(0, M^{-1}).
-                self._v = refresh_velocity(self.rng, warmup.metric, 1, self._n_dim)[0]
-                self._v_metric = warmup.metric
-            state = state._replace(v=self._v[None])
-        params = LangevinParams(
-            warmup.step_size,
-            self._K,
-            warmup.metric,
-            self.max_energy_error,
-            adjust=self.tune and warmup.adjusts,
-            friction=warmup.friction,
-        )
-        draws = draw(
+            # A new point (from the start or another step): the velocity is refreshed from
+            # its stationary law N(0, M^{-1}) (advance draws it where it is None).
+            state = state._replace(v=None if n_steps or self._v is None else self._v[None])
+        run = advance(
+            self._logp_grad_rows,
+            state,
+            warmup,
             self.rng,
-            self._K,
-            1,
-            self._n_dim,
-            adjust=params.adjust,
+            K=self._K,
+            n_blocks=self.blocks_per_draw,
+            max_energy_error=self.max_energy_error,
+            tuning=self.tune,
             gap=False,
-            kinetic=self._kinetic,
         )
-        state, info = transition(self._logp_grad_rows, draws, state, params)
-        if self.tune:
-            state, spent = warmup.update(state, info, self._logp_grad_rows)
-            n_steps += spent
+        state, info, params = run.state, run.info, run.params
+        n_steps += run.n_evals
         if info.moved[0]:
             self._x, self._logp, self._grad = state.x[0], float(state.logp[0]), state.grad[0]
         if self._kinetic:
-            self._v = state.v[0]
+            self._v = None if state.v is None else state.v[0]
         self.iter_count += 1
-        stats = self._stats(params.step_size, n_steps + int(info.n_steps[0]), info)
+        left_bulk = False if self.tune else bool(warmup.watch(state.logp)[0])
+        stats = self._stats(params.step_size, n_steps + int(info.n_steps[0]), info, left_bulk)
         return self._x, [stats]
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _stats(self, step_size: float, n_steps: int, info: LangevinInfo) -> dict[str, Any]:
-        """The draw's sampler stats from the transition's info."""
+    def _stats(
+        self, step_size: float, n_steps: int, info: LangevinInfo, left_bulk: bool
+    ) -> dict[str, Any]:
+        """The draw's sampler stats from its transitions' combined info (:func:`combine_info`)."""
         diverging = bool(info.diverging[0])
         warning = None
-        if diverging:
+        if left_bulk and not self.bulk_reported:
+            self.bulk_reported = True
+            warning = SamplerWarning(
+                WarningType.BAD_ENERGY,
+                f"{self.name}: the chain left the bulk of the posterior during sampling at draw "
+                f"{self.iter_count - self.n_tune - 1}: the moving average of its log density "
+                f"({float(self.warmup.lp_trace[0]):.6g}) fell below {self.warmup.bulk_floor:.6g}, "
+                "far below the levels of the end of warm-up (a factor e^10 or more in density; "
+                f"{'with' if diverging else 'without'} a divergence at that draw). The step size "
+                f"({step_size:.4g}) is probably outside the sampler's stability region there: "
+                "rerun with a higher target_accept or a smaller step_size, or use NUTS. Per "
+                "draw: sample_stats['left_bulk'].",
+                "warn",
+                self.iter_count - 1,
+            )
+        elif diverging:
             if not info.midpoint_finite[0]:
                 why = "a non-finite log density or gradient at a fired midpoint"
             elif not info.proposal_finite[0]:
@@ -322,6 +342,7 @@ class _LangevinStep(GradientSharedStep):
             "energy_error": float(info.energy_error[0]),
             "model_logp": self._logp,
             "tune": self.tune,
+            "left_bulk": left_bulk,
             "warning": warning,
         }
         if self._reports_midpoints:
@@ -360,7 +381,6 @@ class _LangevinStep(GradientSharedStep):
         self._returned: dict[str, np.ndarray] | None = None
         self._shared_values: dict[str, np.ndarray] | None = None
         self._v: np.ndarray | None = None  # kinetic Langevin's velocity
-        self._v_metric = None  # the preconditioner it was drawn for
 
     def _bad_point_message(self, x: np.ndarray, logp: Any, grad: np.ndarray) -> str:
         names = []
@@ -413,6 +433,16 @@ class LangevinMC(_LangevinStep):
         per draw instead of ``O(d^2)``. ``"auto"``: ``"dense"`` up to :data:`DENSE_MAX_DIM`
         dimensions, ``"diag"`` above. ``None``: ``M = I``. The resolved kind is the
         attribute ``precondition``.
+    blocks_per_draw : int, default 1
+        Transitions per recorded draw (thinning): each draw runs this many transitions
+        and records the last state, so ``pm.sample``'s per-draw cost (trace, point
+        function, stats) is paid once per ``blocks_per_draw`` transitions. While tuning,
+        each transition updates the warm-up, whose windows are counted in transitions
+        (``tune * blocks_per_draw``). The stats count the gradients of all transitions
+        (``n_steps``, ``n_midpoints``); ``diverging`` and ``lmc_fallback`` hold if they
+        held in any; ``energy_error`` is that of the first diverging transition, else of
+        the last one; ``step_size`` is the last one's
+        (:func:`pmm_pymc.mcmc.kernel.combine_info`).
     model, blocked, rng, initial_point, compile_kwargs
         As for every PyMC gradient-based step (see :class:`pymc.NUTS`).
 
@@ -421,6 +451,13 @@ class LangevinMC(_LangevinStep):
     With ``step_size`` given, ``adapt_step_size=False`` and
     ``precondition=None`` the step is exactly the update above and nothing
     adapts.
+
+    An adapted step is capped when tuning ends so that ``eta L`` stays within half the
+    step's stability limit at the largest curvature the warm-up saw
+    (:attr:`pmm_pymc.mcmc.warmup.Warmup.stability_cap`). During sampling the stat
+    ``left_bulk`` says when the chain's recent log density has fallen far below the levels
+    of the end of warm-up (:meth:`pmm_pymc.mcmc.warmup.Warmup.watch`); the first such draw
+    of a chain carries a ``SamplerWarning``.
     """
 
     name = "lmc"
@@ -448,7 +485,9 @@ class PoissonMidpoint(_LangevinStep):
         K=8, 1.1111 for LMC) against the mean-square stability limit
         (``eta L < 1.52`` for K=4, 1.35 for K=8, 2 for LMC); see
         ``docs/method.md``.
-    adapt_step_size, target_accept, precondition, model, blocked, rng, initial_point, compile_kwargs
+    adapt_step_size, target_accept, precondition, blocks_per_draw
+        As for :class:`LangevinMC`.
+    model, blocked, rng, initial_point, compile_kwargs
         As for :class:`LangevinMC`.
     """
 
