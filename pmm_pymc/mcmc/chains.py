@@ -39,13 +39,23 @@ from pytensor.tensor.special import LogSumExp
 from xarray import DataTree
 
 from pmm_pymc._validate import check_bool, check_choice, check_int
-from pmm_pymc.mcmc.kernel import LangevinInfo, LangevinParams, LangevinState, draw, transition
+from pmm_pymc.mcmc.kernel import (
+    LangevinInfo,
+    LangevinParams,
+    LangevinState,
+    draw,
+    draw_randomized_midpoint,
+    transition,
+)
 from pmm_pymc.mcmc.warmup import Warmup, check_precondition, check_step_options
 
-__all__ = ["BatchedLogpGrad", "DEFAULT_K", "sample_chains"]
+__all__ = ["BatchedLogpGrad", "DEFAULT_K", "RMM_K", "sample_chains"]
 
 DEFAULT_K = 4
 """Default number of PMM sub-steps; the same as :class:`pmm_pymc.PoissonMidpoint`'s."""
+
+RMM_K = 64
+"""Default grid of midpoint times of ``method="rmm"`` (the randomized midpoint method)."""
 
 _BACKENDS = {"numba": "NUMBA", "c": "CVM"}
 # pm.sample's sample_stats renames the step's "model_logp" to "lp" (pymc.backends.arviz).
@@ -276,15 +286,18 @@ def _check_options(
     chains = check_int("chains", chains, 1)
     draws = check_int("draws", draws, 1)
     tune = check_int("tune", tune, 0)
-    check_choice("method", method, ("pmm", "lmc"))
+    check_choice("method", method, ("pmm", "lmc", "rmm"))
     if method == "lmc":
         if K is not None and K != 1:
             raise ValueError(f"K must be None or 1 with method='lmc', got {K!r}")
         K = 1
+    elif method == "rmm":
+        K = check_int("K", RMM_K if K is None else K, 2)
     else:
         K = check_int("K", DEFAULT_K if K is None else K, 1)
+    kind = "lmc" if method == "lmc" else "pmm"  # whose default target_accept
     step_size, target_accept = check_step_options(
-        step_size, adapt_step_size, target_accept, max_energy_error, method
+        step_size, adapt_step_size, target_accept, max_energy_error, kind
     )
     check_choice("backend", backend, tuple(_BACKENDS))
     return chains, draws, tune, K, step_size, target_accept
@@ -316,8 +329,26 @@ def _initial_points(
     initvals: dict | None,
     jitter: bool,
     rng: np.random.Generator,
+    initial_points: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Jittered initial points (as pm.sample's jitter+adapt_diag), raveled, with finite logp."""
+    """Jittered initial points (as pm.sample's jitter+adapt_diag), raveled, with finite logp.
+
+    ``initial_points`` ``(chains, n)``, raveled unconstrained, are taken as they are instead.
+    """
+    if initial_points is not None:
+        x = np.array(initial_points, dtype=logp_grad.dtype)
+        if x.shape != (chains, logp_grad.n_dim):
+            raise ValueError(
+                f"initial_points must have shape (chains, n_dim) = ({chains}, "
+                f"{logp_grad.n_dim}), got shape {x.shape}"
+            )
+        logp, grad = logp_grad(x)
+        bad = ~(np.isfinite(logp) & np.isfinite(grad).all(axis=1))
+        if bad.any():
+            raise SamplingError(
+                f"Non-finite log density or gradient at initial_points row {int(bad.argmax())}"
+            )
+        return x, logp, grad
     ipfn = make_initial_point_fn(
         model=model,
         overrides=initvals,
@@ -369,7 +400,7 @@ def sample_chains(
     chains: int = 256,
     draws: int = 1000,
     tune: int = 1000,
-    method: Literal["pmm", "lmc"] = "pmm",
+    method: Literal["pmm", "lmc", "rmm"] = "pmm",
     K: int | None = None,
     step_size: float | None = None,
     adapt_step_size: bool = True,
@@ -379,6 +410,7 @@ def sample_chains(
     restart_stray_chains: bool = True,
     initvals: dict | None = None,
     jitter: bool = True,
+    initial_points: np.ndarray | None = None,
     random_seed: RandomSeed = None,
     discard_tuned_samples: bool = True,
     compute_convergence_checks: bool = True,
@@ -406,11 +438,15 @@ def sample_chains(
         Number of chains ``C`` (>= 1).
     draws, tune : int, default 1000
         Draws kept per chain, and warm-up iterations before them (discarded).
-    method : {"pmm", "lmc"}, default "pmm"
-        The Poisson Midpoint Method or unadjusted Langevin Monte Carlo.
+    method : {"pmm", "lmc", "rmm"}, default "pmm"
+        The Poisson Midpoint Method, unadjusted Langevin Monte Carlo, or the
+        randomized midpoint method (Shen & Lee 2019; one midpoint per step at a
+        uniform time, two gradients: the same transition with
+        :func:`pmm_pymc.mcmc.kernel.draw_randomized_midpoint`'s random numbers).
     K : int, optional
         PMM sub-steps per draw (default :data:`DEFAULT_K`); must be None or 1
-        for ``"lmc"``.
+        for ``"lmc"``; for ``"rmm"`` the grid of midpoint times (default
+        :data:`RMM_K`, at least 2).
     step_size : float, optional
         ``eta``, with ``x' = x + eta M^{-1} grad logp(x) + sqrt(2 eta) M^{-1/2} xi``
         for LMC. ``None``: adapted during tuning. A number with
@@ -438,6 +474,11 @@ def sample_chains(
         Initial values, as for ``pm.sample``; each chain's start is jittered
         by U(-1, 1) in the unconstrained space unless ``jitter=False``.
     jitter : bool, default True
+    initial_points : numpy.ndarray, shape (chains, n_dim), optional
+        Raveled unconstrained starting points, one per chain (in the order of
+        ``model.continuous_value_vars``), taken as they are: e.g. reference
+        draws, so that a run without warm-up measures the stationary bias.
+        Replaces ``initvals`` and ``jitter``.
     random_seed : int, SeedSequence or Generator, optional
         One seed for the whole run: the same seed and ``chains`` give
         identical draws.
@@ -521,7 +562,9 @@ def sample_chains(
     )
     try:
         n = logp_grad.n_dim
-        x, logp, grad = _initial_points(model, value_vars, logp_grad, chains, initvals, jitter, rng)
+        x, logp, grad = _initial_points(
+            model, value_vars, logp_grad, chains, initvals, jitter, rng, initial_points
+        )
         warmup = Warmup(
             n,
             step_size=step0,
@@ -541,6 +584,7 @@ def sample_chains(
             draws=draws,
             tune=tune,
             K=K,
+            draw_fn=draw_randomized_midpoint if method == "rmm" else draw,
             max_energy_error=float(max_energy_error),
             keep_tune=not discard_tuned_samples,
             progress=progress,
@@ -610,6 +654,7 @@ def _run(
     K: int,
     max_energy_error: float,
     keep_tune: bool,
+    draw_fn: Callable[..., Any] = draw,
     progress: bool,
 ) -> _Run:
     """The loop: transition, warm-up update, record. Stops early, keeping all, on Ctrl-C."""
@@ -646,7 +691,7 @@ def _run(
                 adjust=tuning and warmup.adjusts,
             )
             state, info = transition(
-                logp_grad, draw(rng, K, C, n, adjust=params.adjust), state, params
+                logp_grad, draw_fn(rng, K, C, n, adjust=params.adjust), state, params
             )
             spent = start_evals if it == 0 else 0
             if tuning:
