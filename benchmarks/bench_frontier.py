@@ -52,6 +52,7 @@ from pmm_pymc.compare.frontier import (
     where_pmm_wins,
 )
 from pmm_pymc.evaluation.posteriors import list_posteriors, load_model, load_reference
+from pmm_pymc.mcmc.chains import reuse_compiled
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "frontier"
@@ -236,9 +237,13 @@ def reach_markdown(table: pd.DataFrame) -> list[str]:
             cells = []
             for lv in BIAS_LEVELS:
                 a, b = row[lv], base[lv]
-                notes = {row[f"note@{lv}"], base[f"note@{lv}"]}
-                if "below floor" in notes or (np.isnan(a) and np.isnan(b)):
+                na, nb = row[f"note@{lv}"], base[f"note@{lv}"]
+                if "below floor" in (na, nb) or (np.isnan(a) and np.isnan(b)):
                     cells.append("–")
+                elif na == nb == "<=":
+                    cells.append("– (both ≤)")
+                elif na == "<=" or nb == "<=":  # an upper bound on one side
+                    cells.append(("≤ " if na == "<=" else "≥ ") + f"{a / b:.2f}")
                 elif np.isnan(b):
                     cells.append("LMC not reached")
                 elif np.isnan(a):
@@ -326,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
         OUT.mkdir(parents=True, exist_ok=True)
         for name in args.posteriors:
             t0 = time.perf_counter()
-            table = run_posterior(name, args)
+            with reuse_compiled():  # one compilation per posterior
+                table = run_posterior(name, args)
             print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
             for line in reach_markdown(table):
                 print(line)

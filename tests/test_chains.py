@@ -478,6 +478,31 @@ def test_rmm_matches_its_exact_stationary_law(gauss):
     np.testing.assert_array_equal(idata.sample_stats["step_size"].values, eta)
 
 
+def test_reuse_compiled_compiles_once_and_changes_no_draw(gauss, monkeypatch):
+    """Inside reuse_compiled two runs build the batched logp once; the draws are the same."""
+    import pmm_pymc.mcmc.chains as chains_module
+
+    kw = {"chains": 4, "draws": 5, "tune": 0, "step_size": 0.1, "adapt_step_size": False}
+    plain = sample_chains(gauss, random_seed=3, compute_convergence_checks=False, **kw)
+    built = []
+    original = chains_module.BatchedLogpGrad
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(chains_module, "BatchedLogpGrad", counting)
+    with chains_module.reuse_compiled():
+        runs = [
+            sample_chains(gauss, random_seed=3, compute_convergence_checks=False, **kw)
+            for _ in range(2)
+        ]
+    assert len(built) == 1
+    for run in runs:
+        np.testing.assert_array_equal(run.posterior["x"].values, plain.posterior["x"].values)
+    assert chains_module._reused is None  # the block's functions are released
+
+
 def test_initial_points_are_the_first_state(gauss):
     """With initial_points and no warm-up, the chains start exactly there."""
     start = np.array([[50.0, -50.0], [0.0, 0.0]])

@@ -331,7 +331,7 @@ def frontier(
     """
     import time
 
-    from pmm_pymc.mcmc.chains import sample_chains
+    from pmm_pymc.mcmc.chains import reuse_compiled, sample_chains
 
     chains = check_int("chains", chains, 1)
     draws = check_int("draws", draws, 1)
@@ -350,53 +350,54 @@ def frontier(
     )
     ref_noise = None
     rows = []
-    for k, s in enumerate(settings):
-        t0 = time.perf_counter()
-        kwargs: dict[str, Any] = {
-            "method": s.method,
-            "K": s.K,
-            "step_size": s.step_size,
-            "adapt_step_size": s.step_size is None,
-            "target_accept": s.target_accept,
-            **dict(s.extra or {}),
-        }
-        idata = sample_chains(
-            model,
-            chains=chains,
-            draws=draws,
-            tune=tune,
-            initial_points=points,
-            random_seed=random_seed + 1 + k,
-            compute_convergence_checks=False,
-            **kwargs,
-        )
-        if ref_noise is None:
-            names = list(
-                dict.fromkeys(
-                    reference_errors(
-                        idata["posterior"].to_dataset(), reference, var_names=var_names
-                    )["variable"]
+    with reuse_compiled():  # one compilation for all the settings
+        for k, s in enumerate(settings):
+            t0 = time.perf_counter()
+            kwargs: dict[str, Any] = {
+                "method": s.method,
+                "K": s.K,
+                "step_size": s.step_size,
+                "adapt_step_size": s.step_size is None,
+                "target_accept": s.target_accept,
+                **dict(s.extra or {}),
+            }
+            idata = sample_chains(
+                model,
+                chains=chains,
+                draws=draws,
+                tune=tune,
+                initial_points=points,
+                random_seed=random_seed + 1 + k,
+                compute_convergence_checks=False,
+                **kwargs,
+            )
+            if ref_noise is None:
+                names = list(
+                    dict.fromkeys(
+                        reference_errors(
+                            idata["posterior"].to_dataset(), reference, var_names=var_names
+                        )["variable"]
+                    )
                 )
-            )
-            ref_noise = reference_noise(reference, names)
-        row = {
-            "sampler": s.sampler,
-            "method": s.method,
-            "K": s.K,
-            "setting": s.label,
-            "target_accept": s.target_accept,
-            **measure_run(idata, reference, var_names=var_names, ref_noise=ref_noise),
-            "seconds": time.perf_counter() - t0,
-        }
-        rows.append(row)
-        if progress is not None:
-            progress(
-                f"  {s.sampler:<10} {s.label:<12} step {row['step_size']:.3g}  "
-                f"grad/ESS {row['grad_per_ess']:8.1f}  mean err {row['max_abs_mean_err']:.3f} "
-                f"(floor {row['mean_floor']:.3f})  sd err {row['max_abs_sd_err']:.3f} "
-                f"(floor {row['sd_floor']:.3f})  div {row['diverging']:.3f}  "
-                f"{row['seconds']:.1f}s"
-            )
+                ref_noise = reference_noise(reference, names)
+            row = {
+                "sampler": s.sampler,
+                "method": s.method,
+                "K": s.K,
+                "setting": s.label,
+                "target_accept": s.target_accept,
+                **measure_run(idata, reference, var_names=var_names, ref_noise=ref_noise),
+                "seconds": time.perf_counter() - t0,
+            }
+            rows.append(row)
+            if progress is not None:
+                progress(
+                    f"  {s.sampler:<10} {s.label:<12} step {row['step_size']:.3g}  "
+                    f"grad/ESS {row['grad_per_ess']:8.1f}  mean err {row['max_abs_mean_err']:.3f} "
+                    f"(floor {row['mean_floor']:.3f})  sd err {row['max_abs_sd_err']:.3f} "
+                    f"(floor {row['sd_floor']:.3f})  div {row['diverging']:.3f}  "
+                    f"{row['seconds']:.1f}s"
+                )
     return pd.DataFrame(rows)
 
 
@@ -458,29 +459,34 @@ def nuts_point(
 
 
 def _crossing(curve: pd.DataFrame, error: str, level: float) -> tuple[float, str]:
-    """The cost at which one sampler's curve (ordered by step) reaches ``level``."""
+    """The cost at which one sampler's curve (ordered by step) reaches ``level``.
+
+    A point is *beyond* the level when its error exceeds both the level and its noise floor
+    (a resolved bias), *within* it when its error is at most the level and the level is at
+    least its floor, and *unresolved* otherwise (the level is under the floor and the error
+    is noise). Walking up the steps, the cost is interpolated (log-log in error and cost)
+    between the last point within the level and the first point beyond it.
+    """
     err = curve[error].to_numpy()
     cost = curve["grad_per_ess"].to_numpy()
     floor = curve[error.replace("max_abs_", "").replace("_err", "_floor")].to_numpy()
-    ok = err <= level
-    if not ok.any():
-        # Every error is beyond the level: a bias, unless the level is under the noise floor.
-        return np.nan, "below floor" if level < floor.min() else "not reached"
-    if level < floor[ok].min():  # no point within the level is above its noise floor
+    beyond = err > np.maximum(level, floor)
+    within = (err <= level) & (level >= floor)
+    first_beyond = int(np.argmax(beyond)) if beyond.any() else len(err)
+    before = np.flatnonzero(within[:first_beyond])
+    if before.size == 0:
+        if first_beyond == 0:
+            return np.nan, "not reached"  # even the smallest step is resolved beyond it
         return np.nan, "below floor"
-    # Walk up the steps: the first point beyond the level after one within it.
-    for k in range(1, len(err)):
-        if ok[k - 1] and not ok[k]:
-            lo, hi = k - 1, k
-            t = (np.log(level) - np.log(max(err[lo], 1e-12))) / (
-                np.log(err[hi]) - np.log(max(err[lo], 1e-12))
-            )
-            t = float(np.clip(t, 0.0, 1.0))
-            value = float(np.exp(np.log(cost[lo]) + t * (np.log(cost[hi]) - np.log(cost[lo]))))
-            return value, ""
-    if ok.all():
-        return float(cost.min()), "<="  # never crossed in the measured range
-    return np.nan, "not reached"
+    lo = int(before[-1])
+    if first_beyond == len(err):
+        return float(cost[lo]), "<="  # not crossed in the measured range
+    hi = first_beyond
+    t = (np.log(level) - np.log(max(err[lo], 1e-12))) / (
+        np.log(err[hi]) - np.log(max(err[lo], 1e-12))
+    )
+    t = float(np.clip(t, 0.0, 1.0))
+    return float(np.exp(np.log(cost[lo]) + t * (np.log(cost[hi]) - np.log(cost[lo])))), ""
 
 
 def cost_to_reach(
@@ -546,8 +552,16 @@ def where_pmm_wins(reach: pd.DataFrame, baseline: str = "LMC", error_name: str =
         for level in levels:
             pmm, lmc = row[level], base[level]
             tag = f"{row['sampler']} at {level:g}"
-            notes = (row[f"note@{level}"], base[f"note@{level}"])
-            if (np.isnan(pmm) and np.isnan(lmc)) or "below floor" in notes:
+            pmm_note, lmc_note = row[f"note@{level}"], base[f"note@{level}"]
+            # "<=" is an upper bound: it decides only against a cost above it.
+            bound_unsure = (pmm_note == "<=" and not (lmc_note == "" and pmm <= lmc)) or (
+                lmc_note == "<=" and not (pmm_note == "" and lmc <= pmm)
+            )
+            if (
+                (np.isnan(pmm) and np.isnan(lmc))
+                or "below floor" in (pmm_note, lmc_note)
+                or bound_unsure
+            ):
                 unknown.append(tag)
             elif np.isnan(lmc) or (not np.isnan(pmm) and pmm < lmc):
                 ratio = "LMC not reached" if np.isnan(lmc) else f"{pmm / lmc:.2f}x"
@@ -561,6 +575,7 @@ def where_pmm_wins(reach: pd.DataFrame, baseline: str = "LMC", error_name: str =
     ]
     if unknown:
         parts.append(
-            "not resolved (neither reached, or under the noise floor): " + ", ".join(unknown)
+            "not resolved (under the noise floor, neither reached, or both within it at every "
+            "measured step): " + ", ".join(unknown)
         )
     return "; ".join(parts)

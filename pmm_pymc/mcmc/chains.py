@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -49,7 +50,7 @@ from pmm_pymc.mcmc.kernel import (
 )
 from pmm_pymc.mcmc.warmup import Warmup, check_precondition, check_step_options
 
-__all__ = ["BatchedLogpGrad", "DEFAULT_K", "RMM_K", "sample_chains"]
+__all__ = ["BatchedLogpGrad", "DEFAULT_K", "RMM_K", "reuse_compiled", "sample_chains"]
 
 DEFAULT_K = 4
 """Default number of PMM sub-steps; the same as :class:`pmm_pymc.PoissonMidpoint`'s."""
@@ -264,6 +265,41 @@ def _batched_point_fn(
             return [np.stack([np.asarray(r[i]) for r in rows]) for i in range(len(names))]
 
     return names, batched
+
+
+_reused: dict[tuple, Any] | None = None  # the compiled functions kept by reuse_compiled
+
+
+@contextmanager
+def reuse_compiled() -> Iterator[None]:
+    """Within this block, :func:`sample_chains` compiles each model's functions once.
+
+    Runs of one model with different settings (a sweep of step sizes, say) then pay the
+    compilation once: the batched log density and gradient and the map to the trace's
+    variables are kept, per model and compile options, until the block ends. Change no
+    model inside the block (its compiled functions would be stale).
+    """
+    global _reused
+    outer = _reused
+    _reused = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        if outer is None:
+            for _, value in _reused.values():
+                if hasattr(value, "close"):  # a BatchedLogpGrad: stop its threads
+                    value.close()
+            _reused = None
+
+
+def _compiled(model: Model, key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()``, or the one kept for ``model`` under ``key`` inside :func:`reuse_compiled`."""
+    if _reused is None:
+        return build()
+    key = (id(model), *key)
+    if key not in _reused:
+        _reused[key] = (model, build())  # the model is kept alive: its id stays its own
+    return _reused[key][1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -557,8 +593,12 @@ def sample_chains(
     rng = np.random.default_rng(random_seed)
     point0 = model.initial_point(0)
 
-    logp_grad = BatchedLogpGrad(
-        model, value_vars, point0, mode=mode, compile_kwargs=compile_kwargs, threads=cores
+    logp_grad = _compiled(
+        model,
+        ("logp_grad", repr(mode), repr(compile_kwargs), cores),
+        lambda: BatchedLogpGrad(
+            model, value_vars, point0, mode=mode, compile_kwargs=compile_kwargs, threads=cores
+        ),
     )
     try:
         n = logp_grad.n_dim
@@ -591,7 +631,8 @@ def sample_chains(
         )
         sampling_time = time.perf_counter() - t_start
     finally:
-        logp_grad.close()
+        if _reused is None:
+            logp_grad.close()
 
     stats = dict(run.stats)
     if method == "lmc":
@@ -755,7 +796,11 @@ def _to_datatree(
     import pymc
 
     n_draws, C, n = draws_x.shape
-    names, fn = _batched_point_fn(model, value_vars, point0, {"mode": mode, **compile_kwargs})
+    names, fn = _compiled(
+        model,
+        ("point_fn", repr(mode), repr(compile_kwargs)),
+        lambda: _batched_point_fn(model, value_vars, point0, {"mode": mode, **compile_kwargs}),
+    )
     flat = draws_x.reshape(n_draws * C, n)
     chunk = max(1, 2**22 // max(n, 1))
     pieces: list[list[np.ndarray]] = [fn(flat[i : i + chunk]) for i in range(0, len(flat), chunk)]
