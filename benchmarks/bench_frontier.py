@@ -62,7 +62,12 @@ FACTORS = (0.125, 0.25, 0.5, 1.0, 1.5)
 TARGETS = (0.8, 0.9, 0.97)
 BUILT = ("hier_normal", "logistic500")
 # Per posterior run sizes: (chains, draws); the high-dimensional ones are costlier per draw.
-SIZES = {"hier_normal": (64, 1000), "logistic500": (32, 600)}
+SIZES = {
+    "low_dim_gauss_mix": (64, 1000),
+    "diamonds": (64, 1000),
+    "hier_normal": (64, 1000),
+    "logistic500": (32, 600),
+}
 DEFAULT_SIZE = (64, 2000)
 
 
@@ -240,6 +245,10 @@ def reach_markdown(table: pd.DataFrame) -> list[str]:
                 na, nb = row[f"note@{lv}"], base[f"note@{lv}"]
                 if "below floor" in (na, nb) or (np.isnan(a) and np.isnan(b)):
                     cells.append("–")
+                elif np.isnan(b):
+                    cells.append("LMC not reached")
+                elif np.isnan(a):
+                    cells.append(f"{row['sampler']} not reached")
                 elif na == nb == "<=":
                     cells.append("– (both ≤)")
                 elif na == "<=" or nb == "<=":  # an upper bound on one side
@@ -316,6 +325,15 @@ def write_doc() -> None:
     print(f"wrote {DOC}")
 
 
+def _figure(table: pd.DataFrame, name: str) -> None:
+    from pmm_pymc.compare.plots import plot_frontier
+
+    try:
+        plot_frontier(table, OUT / f"{name}.png", title=f"{name}: bias against cost")
+    except ImportError:
+        print("  matplotlib is not installed: no figure")
+
+
 def main(argv: list[str] | None = None) -> None:
     names = [*list_posteriors(), *BUILT]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -326,8 +344,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-nuts", action="store_true", help="skip NUTS and nutpie")
     parser.add_argument("--quick", action="store_true", help="a smoke run, not written to docs")
     parser.add_argument("--doc-only", action="store_true", help="rebuild docs/frontier.md")
+    parser.add_argument(
+        "--nuts-only", action="store_true", help="measure NUTS and nutpie again, keep the rest"
+    )
     args = parser.parse_args(argv)
-    if not args.doc_only:
+    if args.nuts_only:
+        for name in args.posteriors:
+            path = OUT / f"{name}.csv"
+            if not path.exists():
+                continue
+            table = pd.read_csv(path)
+            model, reference = load(name)
+            print(f"## {name}: NUTS and nutpie again", flush=True)
+            rows = pd.DataFrame(
+                nuts_points(model, reference, max(int(table["draws"].iloc[0]) // 2, 500), 1)
+            )
+            for col in ("posterior", "chains", "draws", "tune", "start", "ref_size"):
+                rows[col] = table[col].iloc[0]
+            table = pd.concat(
+                [table[~table["sampler"].isin(["NUTS", "nutpie"])], rows], ignore_index=True
+            )
+            table.to_csv(path, index=False)
+            _figure(table, name)
+    elif not args.doc_only:
         OUT.mkdir(parents=True, exist_ok=True)
         for name in args.posteriors:
             t0 = time.perf_counter()
@@ -339,12 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.quick:
                 continue
             table.to_csv(OUT / f"{name}.csv", index=False)
-            try:
-                from pmm_pymc.compare.plots import plot_frontier
-
-                plot_frontier(table, OUT / f"{name}.png", title=f"{name}: bias against cost")
-            except ImportError:
-                print("  matplotlib is not installed: no figure")
+            _figure(table, name)
     if not args.quick:
         write_doc()
 

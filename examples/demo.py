@@ -54,7 +54,7 @@ def show_frontier(model, reference, step: float) -> None:
         for f in STEP_FACTORS
     ]
     table = frontier(
-        model, reference, settings, chains=64, draws=800, tune=200, random_seed=2, progress=print
+        model, reference, settings, chains=32, draws=600, tune=150, random_seed=2, progress=print
     )
     nuts = nuts_point(model, reference, draws=500, tune=500, random_seed=2)
     table = pd.concat([table, pd.DataFrame([nuts])], ignore_index=True)

@@ -425,7 +425,8 @@ def nuts_point(
         The row's name.
     var_names : sequence of str, optional
     **sample_kwargs
-        More :func:`pymc.sample` arguments (``nuts_sampler="nutpie"``, say).
+        More :func:`pymc.sample` arguments; ``nuts_sampler`` defaults to ``"pymc"``
+        (``"nutpie"``, say, for nutpie).
 
     Returns
     -------
@@ -438,6 +439,8 @@ def nuts_point(
     import pymc as pm
 
     t0 = time.perf_counter()
+    # PyMC's own NUTS unless asked otherwise (pm.sample picks nutpie when it is installed).
+    sample_kwargs.setdefault("nuts_sampler", "pymc")
     with model, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         idata = pm.sample(
@@ -464,24 +467,24 @@ def _crossing(curve: pd.DataFrame, error: str, level: float) -> tuple[float, str
     A point is *beyond* the level when its error exceeds both the level and its noise floor
     (a resolved bias), *within* it when its error is at most the level and the level is at
     least its floor, and *unresolved* otherwise (the level is under the floor and the error
-    is noise). Walking up the steps, the cost is interpolated (log-log in error and cost)
-    between the last point within the level and the first point beyond it.
+    is noise). The bias grows with the step, so the curve is read from its large-step end,
+    where biases are resolved best: the cost is interpolated (log-log in error and cost)
+    between the largest step within the level and the next larger step beyond it; a small
+    step beyond the level below a larger one within it is taken for noise (at a 95 % floor
+    one point in twenty is beyond it by chance).
     """
     err = curve[error].to_numpy()
     cost = curve["grad_per_ess"].to_numpy()
     floor = curve[error.replace("max_abs_", "").replace("_err", "_floor")].to_numpy()
     beyond = err > np.maximum(level, floor)
     within = (err <= level) & (level >= floor)
-    first_beyond = int(np.argmax(beyond)) if beyond.any() else len(err)
-    before = np.flatnonzero(within[:first_beyond])
-    if before.size == 0:
-        if first_beyond == 0:
-            return np.nan, "not reached"  # even the smallest step is resolved beyond it
-        return np.nan, "below floor"
-    lo = int(before[-1])
-    if first_beyond == len(err):
-        return float(cost[lo]), "<="  # not crossed in the measured range
-    hi = first_beyond
+    if not within.any():
+        return np.nan, "not reached" if beyond.all() else "below floor"
+    lo = int(np.flatnonzero(within)[-1])  # the largest step within the level
+    above = np.flatnonzero(beyond[lo + 1 :])
+    if above.size == 0:
+        return float(cost[lo]), "<="  # no larger step is resolved beyond the level
+    hi = lo + 1 + int(above[0])
     t = (np.log(level) - np.log(max(err[lo], 1e-12))) / (
         np.log(err[hi]) - np.log(max(err[lo], 1e-12))
     )
@@ -495,8 +498,8 @@ def cost_to_reach(
     """Gradients per ESS each sampler needs to reach each bias level, from its curve.
 
     Each sampler's points are ordered by step size; the cost at a level is interpolated
-    (log-log) between the last point within the level and the first one beyond it, walking
-    up the steps. ``"not reached"`` where no point is within it; ``"<="`` where every point
+    (log-log) between the largest step within the level and the next larger one resolved
+    beyond it. ``"not reached"`` where no point is within it; ``"<="`` where every point
     is (the cheapest measured point is an upper bound); ``"below floor"`` (cost NaN) where
     the level is under the noise floor of every point within it, so the measured errors
     cannot tell whether it is reached. An unbiased sampler (NUTS: a single point) costs its
