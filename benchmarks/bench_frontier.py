@@ -222,6 +222,49 @@ def _fmt(value: float, note: str) -> str:
     return ("≤ " if note == "<=" else "") + f"{value:.1f}"
 
 
+def _ratio_cell(row: pd.Series, base: pd.Series, lv: float) -> str:
+    """The cost ratio of ``row``'s sampler to the baseline's at bias ``lv``, as text."""
+    a, b = row[lv], base[lv]
+    na, nb = row[f"note@{lv}"], base[f"note@{lv}"]
+    if "below floor" in (na, nb) or (np.isnan(a) and np.isnan(b)):
+        return "–"
+    if np.isnan(b):
+        return "LMC not reached"
+    if np.isnan(a):
+        return f"{row['sampler']} not reached"
+    if na == nb == "<=":
+        return "– (both ≤)"
+    if na == "<=" or nb == "<=":  # an upper bound on one side
+        return ("≤ " if na == "<=" else "≥ ") + f"{a / b:.2f}"
+    return f"{a / b:.2f}"
+
+
+def summary_markdown(tables: list[pd.DataFrame]) -> list[str]:
+    """Per posterior and bias measure: the ratio PMM K=2, 4, 8 / LMC per level."""
+    lines = [
+        "## Summary: gradients per ESS of PMM over LMC's, at the same bias",
+        "",
+        "Below 1: PMM is cheaper. `–`: not resolved (under the noise floor, or neither",
+        "reaches it); `– (both ≤)`: both are within the level at every measured step;",
+        "`≤`/`≥`: one side is an upper bound. Per posterior, the sections below have the",
+        "costs, RMM and NUTS.",
+        "",
+        "| posterior | bias | sampler | " + " | ".join(f"{lv:g} sd" for lv in BIAS_LEVELS) + " |",
+        "|---|---|---|" + "---|" * len(BIAS_LEVELS),
+    ]
+    for table in tables:
+        name = str(table["posterior"].iloc[0])
+        for error, label in (("max_abs_mean_err", "mean"), ("max_abs_sd_err", "sd")):
+            reach = cost_to_reach(table, BIAS_LEVELS, error).set_index("sampler", drop=False)
+            for sampler in ("PMM K=2", "PMM K=4", "PMM K=8"):
+                if sampler not in reach.index:
+                    continue
+                base = reach.loc["LMC"]
+                cells = [_ratio_cell(reach.loc[sampler], base, lv) for lv in BIAS_LEVELS]
+                lines.append(f"| {name} | {label} | {sampler} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def reach_markdown(table: pd.DataFrame) -> list[str]:
     lines = []
     for error, title in (
@@ -239,26 +282,7 @@ def reach_markdown(table: pd.DataFrame) -> list[str]:
         for _, row in reach.iterrows():
             if not str(row["sampler"]).startswith(("PMM", "RMM")):
                 continue
-            cells = []
-            for lv in BIAS_LEVELS:
-                a, b = row[lv], base[lv]
-                na, nb = row[f"note@{lv}"], base[f"note@{lv}"]
-                if "below floor" in (na, nb) or (np.isnan(a) and np.isnan(b)):
-                    cells.append("–")
-                elif np.isnan(b):
-                    cells.append("LMC not reached")
-                elif np.isnan(a):
-                    cells.append(f"{row['sampler']} not reached")
-                elif na == nb == "<=":
-                    cells.append("– (both ≤)")
-                elif na == "<=" or nb == "<=":  # an upper bound on one side
-                    cells.append(("≤ " if na == "<=" else "≥ ") + f"{a / b:.2f}")
-                elif np.isnan(b):
-                    cells.append("LMC not reached")
-                elif np.isnan(a):
-                    cells.append(f"{row['sampler']} not reached")
-                else:
-                    cells.append(f"{a / b:.2f}")
+            cells = [_ratio_cell(row, base, lv) for lv in BIAS_LEVELS]
             lines.append(f"| ratio {row['sampler']}/LMC | " + " | ".join(cells) + " |")
         lines.append("\n" + where_pmm_wins(reach, error_name=title) + "\n")
     return lines
@@ -289,8 +313,9 @@ def write_doc() -> None:
         "`≤ x`: every measured step is within the level (the cheapest is an upper bound).",
         "",
     ]
-    for path in tables:
-        table = pd.read_csv(path)
+    frames = [pd.read_csv(path) for path in tables]
+    lines += summary_markdown(frames)
+    for table in frames:
         name = str(table["posterior"].iloc[0])
         first = table.iloc[0]
         lines.append(f"## {name}\n")

@@ -54,9 +54,9 @@ def show_frontier(model, reference, step: float) -> None:
         for f in STEP_FACTORS
     ]
     table = frontier(
-        model, reference, settings, chains=32, draws=600, tune=150, random_seed=2, progress=print
+        model, reference, settings, chains=32, draws=500, tune=100, random_seed=2, progress=print
     )
-    nuts = nuts_point(model, reference, draws=500, tune=500, random_seed=2)
+    nuts = nuts_point(model, reference, draws=300, tune=300, random_seed=2)
     table = pd.concat([table, pd.DataFrame([nuts])], ignore_index=True)
     print(
         f"  {'NUTS':<10} {'default':<12} grad/ESS {nuts['grad_per_ess']:8.1f}  "

@@ -99,11 +99,13 @@ class FrontierSetting(NamedTuple):
 
     @property
     def label(self) -> str:
-        """How the step is set: ``"eta=0.1"`` or ``"ta=0.9"`` (or ``"adapted"``)."""
+        """How the step is set: ``"eta=0.1"``, ``"ta=0.9"``, or the ``extra`` options."""
         if self.step_size is not None:
             return f"eta={self.step_size:.3g}"
         if self.target_accept is not None:
             return f"ta={self.target_accept:g}"
+        if self.extra:
+            return ",".join(f"{k}={v}" for k, v in self.extra.items())
         return "adapted"
 
 
