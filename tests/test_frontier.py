@@ -109,3 +109,24 @@ def test_bad_frontier_options_raise(gauss):
         frontier(gauss, ref, [FrontierSetting("LMC", "lmc", step_size=0.1)], start="prior")
     with pytest.raises(ValueError, match="error must be one of"):
         cost_to_reach(pd.DataFrame({"sampler": []}), error="w1")
+
+
+def test_plot_frontier_writes_a_png(tmp_path):
+    """The figure of a small synthetic table: a curve, an adapted point and a NUTS star."""
+    pytest.importorskip("matplotlib")
+    from pmm_pymc.compare.plots import plot_frontier
+
+    table = pd.DataFrame(
+        {
+            "sampler": ["LMC", "LMC", "LMC", "NUTS"],
+            "step_size": [0.1, 0.2, 0.15, np.nan],
+            "target_accept": [np.nan, np.nan, 0.9, np.nan],
+            "grad_per_ess": [20.0, 10.0, 14.0, 60.0],
+            "max_abs_mean_err": [0.02, 0.05, 0.03, 0.01],
+            "max_abs_sd_err": [0.03, 0.08, 0.05, 0.02],
+            "mean_floor": [0.02] * 4,
+            "sd_floor": [0.02] * 4,
+        }
+    )
+    path = plot_frontier(table, tmp_path / "f.png", title="t")
+    assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"

@@ -54,6 +54,17 @@ def _log_axes(ax) -> None:
             axis.set_minor_formatter(NullFormatter())
 
 
+def _save_figure(fig, path: str | Path, title: str | None) -> Path:
+    """Title, lay out, save as PNG and close a matplotlib figure; the path written."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    _pyplot().close(fig)
+    return path
+
+
 def _azp():
     _pyplot()
     import arviz_plots
@@ -234,13 +245,7 @@ def plot_error_vs_cost(
     for name, value in (references or {}).items():
         axes[0][0].axhline(value, color="grey", ls="--", lw=1, label=name)
     axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, title)
 
 
 def plot_metric_vs_nfe(
@@ -309,13 +314,7 @@ def plot_metric_vs_nfe(
         ax.grid(True, which="both", alpha=0.3)
         _log_axes(ax)
     axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, title)
 
 
 def plot_frontier(table: pd.DataFrame, path: str | Path, *, title: str | None = None) -> Path:
@@ -376,10 +375,4 @@ def plot_frontier(table: pd.DataFrame, path: str | Path, *, title: str | None = 
         ax.grid(True, which="both", alpha=0.3)
         _log_axes(ax)
     axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, title)
