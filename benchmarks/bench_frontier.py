@@ -314,6 +314,14 @@ def write_doc() -> None:
         "",
     ]
     frames = [pd.read_csv(path) for path in tables]
+    done = {str(f["posterior"].iloc[0]) for f in frames}
+    missing = [n for n in [*list_posteriors(), *BUILT] if n not in done]
+    if missing:
+        lines += [
+            f"**Not measured yet:** {', '.join(missing)} (run "
+            f"`python benchmarks/bench_frontier.py --posteriors {' '.join(missing)}`).",
+            "",
+        ]
     lines += summary_markdown(frames)
     for table in frames:
         name = str(table["posterior"].iloc[0])
@@ -323,7 +331,8 @@ def write_doc() -> None:
             f"Runs: {first['chains']} chains x {first['draws']} draws after {first['tune']} "
             f"warm-up iterations from "
             f"{'reference draws' if first['start'] == 'reference' else 'jittered starts'}; "
-            f"reference: {first['ref_size']} draws."
+            f"reference: {first['ref_size']} draws. Run time {table['seconds'].sum() / 60:.0f} "
+            "min on the shared 2-core machine (other agents' jobs running; load 6-9)."
         )
         lines.append(f"\n![frontier of {name}](frontier/{name}.png)\n")
         lines += reach_markdown(table)
