@@ -57,6 +57,7 @@ __all__ = [
     "measure_run",
     "noise_floor",
     "nuts_point",
+    "reference_noise",
     "reference_points",
     "where_pmm_wins",
 ]
