@@ -50,6 +50,7 @@ def test_frontier_of_lmc_on_a_gaussian_has_the_closed_form_bias(gauss):
     assert list(table["sampler"]) == ["LMC"] * 3 + ["PMM K=4"]
     assert list(table["setting"]) == ["eta=0.1", "eta=0.4", "eta=0.8", "eta=0.4"]
     np.testing.assert_allclose(table["step_size"], [*steps, 0.4])
+    assert not table["adapted"].any()
     lmc = table[table["sampler"] == "LMC"]
     exact = 1 / np.sqrt(1 - np.asarray(steps) / 2) - 1
     np.testing.assert_array_less(np.abs(lmc["max_abs_sd_err"] - exact), 1.5 * lmc["sd_floor"])

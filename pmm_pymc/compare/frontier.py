@@ -330,7 +330,8 @@ def frontier(
     -------
     pandas.DataFrame
         One row per setting: ``sampler``, ``method``, ``K``, ``setting`` (its label),
-        ``target_accept``, the columns of :func:`measure_run`, ``seconds``.
+        ``adapted`` (the step was adapted, not fixed), ``target_accept``, the columns of
+        :func:`measure_run`, ``seconds``.
     """
     import time
 
@@ -388,6 +389,7 @@ def frontier(
                 "method": s.method,
                 "K": s.K,
                 "setting": s.label,
+                "adapted": s.step_size is None,
                 "target_accept": s.target_accept,
                 **measure_run(idata, reference, var_names=var_names, ref_noise=ref_noise),
                 "seconds": time.perf_counter() - t0,

@@ -323,7 +323,8 @@ def plot_frontier(table: pd.DataFrame, path: str | Path, *, title: str | None = 
     Two panels, log-log: the worst absolute error of a posterior mean and of a posterior
     sd, in reference sd, against gradient evaluations per effective sample
     (:func:`pmm_pymc.compare.frontier.frontier`). A sampler's points are joined in order
-    of their step size; points set through ``target_accept`` are hollow squares,
+    of their fixed step size; points whose step was adapted (``target_accept``, or
+    another adaptation: the ``adapted`` column) are hollow squares,
     samplers with a single point (NUTS, nutpie) are stars. The grey band is the noise
     floor (median over the points): errors inside it are Monte-Carlo noise.
 
@@ -353,8 +354,13 @@ def plot_frontier(table: pd.DataFrame, path: str | Path, *, title: str | None = 
             if len(curve) == 1 and not np.isfinite(curve["step_size"]).any():
                 ax.plot(curve["grad_per_ess"], curve[column], "*", ms=12, color=color, label=name)
                 continue
-            fixed = curve[curve["target_accept"].isna()].sort_values("step_size")
-            adapted = curve[curve["target_accept"].notna()]
+            is_adapted = (
+                curve["adapted"].astype(bool)
+                if "adapted" in curve
+                else curve["target_accept"].notna()
+            )
+            fixed = curve[~is_adapted].sort_values("step_size")
+            adapted = curve[is_adapted]
             ax.plot(fixed["grad_per_ess"], fixed[column], "o-", ms=4, color=color, label=name)
             if len(adapted):
                 ax.plot(
