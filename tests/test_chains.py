@@ -406,7 +406,9 @@ def test_default_K_is_the_step_default():
         ({"chains": True}, "chains must be an integer >= 1, got True"),
         ({"draws": 0}, "draws must be an integer >= 1, got 0"),
         ({"tune": -1}, "tune must be an integer >= 0, got -1"),
-        ({"method": "nuts"}, "method must be one of 'pmm', 'lmc', 'upmm', 'ulmc'; got 'nuts'"),
+        ({"method": "nuts"}, "method must be one of 'pmm', 'lmc', 'rmm', 'upmm', 'ulmc'; got"),
+        ({"method": "rmm", "K": 1}, "K must be an integer >= 2, got 1"),
+        ({"initial_points": np.zeros((3, 2))}, r"initial_points must have shape \(chains, n_dim\)"),
         ({"K": 0}, "K must be an integer >= 1, got 0"),
         ({"K": 2.5}, "K must be an integer >= 1, got 2.5"),
         ({"method": "lmc", "K": 4}, "K must be None or 1 with method='lmc', got 4"),
@@ -430,6 +432,95 @@ def test_default_K_is_the_step_default():
 def test_bad_options_raise(gauss, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sample_chains(gauss, **kwargs)
+
+
+def _rmm_stationary_variance(eta: float, K: int) -> float:
+    """E[x^2] of the randomized midpoint method (grid of K times) on N(0, 1), exactly.
+
+    One step is ``x' = A x + N`` with ``A = 1 - eta + eta^2 tau`` and
+    ``N = sqrt(2) ((1 - eta) W_{tau eta} + (W_eta - W_{tau eta}))``, ``tau = i / K``,
+    ``i`` uniform on ``0..K-1`` and independent of ``x``: ``V = E[N^2] / (1 - E[A^2])``.
+    """
+    tau = np.arange(K) / K
+    a2 = np.mean((1 - eta + eta**2 * tau) ** 2)
+    n2 = np.mean(2 * ((1 - eta) ** 2 * tau * eta + eta * (1 - tau)))
+    return float(n2 / (1 - a2))
+
+
+def test_rmm_matches_its_exact_stationary_law(gauss):
+    """method="rmm", fixed eta = 0.5, M = I: the variances are sigma^2 V_rmm(eta / sigma^2).
+
+    Tolerance: 4 standard errors of the mean over independent chains of their time
+    averages of x^2. At eta = 0.5 on the unit coordinate LMC's variance (4/3) and PMM's
+    differ from RMM's (1.037) by many standard errors, so a wrong law cannot pass.
+    Started at exact draws of the target (``initial_points``) with no warm-up.
+    """
+    eta, chains, draws = 0.5, 200, 600
+    start = np.random.default_rng(3).normal(size=(chains, 2)) * SIGMA
+    idata = sample_chains(
+        gauss,
+        chains=chains,
+        draws=draws,
+        tune=0,
+        method="rmm",
+        step_size=eta,
+        adapt_step_size=False,
+        initial_points=start,
+        random_seed=5,
+        compute_convergence_checks=False,
+    )
+    x = idata.posterior["x"].values
+    _, m2 = _per_chain_moments(x)
+    expected = SIGMA**2 * np.array([_rmm_stationary_variance(eta / s**2, 64) for s in SIGMA])
+    se2 = m2.std(axis=0, ddof=1) / np.sqrt(chains)
+    np.testing.assert_array_less(np.abs(m2.mean(axis=0) - expected), 4 * se2)
+    assert abs(exact_stationary_variance(eta, 1) - expected[0]) > 10 * se2[0]
+    n_steps = idata.sample_stats["n_steps"].values
+    assert abs(n_steps.mean() - (2 - 1 / 64)) < 0.02  # one midpoint (but at tau = 0) + proposal
+    np.testing.assert_array_equal(idata.sample_stats["step_size"].values, eta)
+
+
+def test_reuse_compiled_compiles_once_and_changes_no_draw(gauss, monkeypatch):
+    """Inside reuse_compiled two runs build the batched logp once; the draws are the same."""
+    import pmm_pymc.mcmc.chains as chains_module
+
+    kw = {"chains": 4, "draws": 5, "tune": 0, "step_size": 0.1, "adapt_step_size": False}
+    plain = sample_chains(gauss, random_seed=3, compute_convergence_checks=False, **kw)
+    built = []
+    original = chains_module.BatchedLogpGrad
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(chains_module, "BatchedLogpGrad", counting)
+    with chains_module.reuse_compiled():
+        runs = [
+            sample_chains(gauss, random_seed=3, compute_convergence_checks=False, **kw)
+            for _ in range(2)
+        ]
+    assert len(built) == 1
+    for run in runs:
+        np.testing.assert_array_equal(run.posterior["x"].values, plain.posterior["x"].values)
+    assert chains_module._reused is None  # the block's functions are released
+
+
+def test_initial_points_are_the_first_state(gauss):
+    """With initial_points and no warm-up, the chains start exactly there."""
+    start = np.array([[50.0, -50.0], [0.0, 0.0]])
+    idata = sample_chains(
+        gauss,
+        chains=2,
+        draws=1,
+        tune=0,
+        method="lmc",
+        step_size=1e-8,
+        adapt_step_size=False,
+        initial_points=start,
+        random_seed=0,
+        compute_convergence_checks=False,
+    )
+    np.testing.assert_allclose(idata.posterior["x"].values[:, 0], start, atol=1e-3)
 
 
 def test_discrete_variables_raise():

@@ -16,6 +16,7 @@ from pmm_pymc.mcmc.kernel import (
     LangevinState,
     Metric,
     draw,
+    draw_randomized_midpoint,
     transition,
 )
 from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
@@ -65,6 +66,51 @@ def test_kernel_alone_has_the_exact_stationary_variance(B, per_row):
     exact = exact_stationary_variance(eta, K)
     assert abs(m2 - exact) < 4 * se, (m2, exact, se)
     assert abs(m2 - exact_stationary_variance(eta, 1)) > 8 * se
+
+
+def test_randomized_midpoint_draws_fire_once_per_row_uniformly():
+    """Each row fires exactly one sub-step, uniform over 0..K-1 (0 shows as no firing).
+
+    Tolerance: the count of each sub-step among 40,000 rows is Binomial(40000, 1/8); 5 of
+    its standard deviations (about 330) bound the deviation from 5000.
+    """
+    K, B = 8, 40_000
+    draws = draw_randomized_midpoint(np.random.default_rng(0), K, B, 3, adjust=False)
+    per_row = draws.fire.sum(axis=0)
+    assert set(np.unique(per_row)) <= {0, 1}
+    assert not draws.fire[0].any()
+    counts = np.bincount(np.where(per_row == 1, draws.fire.argmax(axis=0), 0), minlength=K)
+    sd = np.sqrt(B * (1 / K) * (1 - 1 / K))
+    np.testing.assert_array_less(np.abs(counts - B / K), 5 * sd)
+    with pytest.raises(ValueError, match="K >= 2"):
+        draw_randomized_midpoint(np.random.default_rng(0), 1, 2, 3, adjust=False)
+
+
+def test_randomized_midpoint_move_is_the_closed_form():
+    """On N(0, I) the transition with these draws is x + eta b(x_tau) + noise, exactly.
+
+    With ``b(x) = -x``, fired sub-step ``i`` (or none: ``i = 0``), ``h = eta / K`` and
+    ``S_j = sqrt(2 h) sum_{r<j} z_r``: ``x_tau = x - i h x + S_i`` and
+    ``x' = x - eta x_tau + S_K``. Exact up to rounding (1e-12). The mean over rows started
+    at one point equals ``x (1 - eta + eta^2 E[tau])``, ``E[tau] = (K - 1) / (2K)``, within
+    4 standard errors of the row mean.
+    """
+    K, B, d, eta = 16, 20_000, 2, 0.4
+    rng = np.random.default_rng(1)
+    x = np.tile(np.array([1.5, -0.5]), (B, 1))
+    state = LangevinState(x, *_gauss_logp_grad(x))
+    draws = draw_randomized_midpoint(rng, K, B, d, adjust=False)
+    params = LangevinParams(eta, K, Metric.identity())
+    new, info = transition(_gauss_logp_grad, draws, state, params)
+    h = eta / K
+    i = np.where(draws.fire.any(axis=0), draws.fire.argmax(axis=0), 0)
+    walk = np.sqrt(2 * h) * np.cumsum(np.concatenate([np.zeros((1, B, d)), draws.noise]), axis=0)
+    x_tau = x - (i * h)[:, None] * x + walk[i, np.arange(B)]
+    np.testing.assert_allclose(new.x, x - eta * x_tau + walk[K], atol=1e-12)
+    assert not info.fallback.any() and (info.n_steps == 1 + (i > 0)).all()
+    expected_mean = x[0] * (1 - eta + eta**2 * (K - 1) / (2 * K))
+    se = new.x.std(axis=0, ddof=1) / np.sqrt(B)
+    np.testing.assert_array_less(np.abs(new.x.mean(axis=0) - expected_mean), 4 * se)
 
 
 def test_kernel_reports_midpoint_and_proposal_failures_in_its_info():

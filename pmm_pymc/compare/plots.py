@@ -19,6 +19,7 @@ from pmm_pymc._validate import check_int
 __all__ = [
     "plot_ess_evolution",
     "plot_error_vs_cost",
+    "plot_frontier",
     "plot_metric_vs_nfe",
     "plot_rank",
     "plot_trace",
@@ -51,6 +52,17 @@ def _log_axes(ax) -> None:
         if axis.get_scale() in ("log", "symlog"):
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             axis.set_minor_formatter(NullFormatter())
+
+
+def _save_figure(fig, path: str | Path, title: str | None) -> Path:
+    """Title, lay out, save as PNG and close a matplotlib figure; the path written."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    _pyplot().close(fig)
+    return path
 
 
 def _azp():
@@ -233,13 +245,7 @@ def plot_error_vs_cost(
     for name, value in (references or {}).items():
         axes[0][0].axhline(value, color="grey", ls="--", lw=1, label=name)
     axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, title)
 
 
 def plot_metric_vs_nfe(
@@ -308,10 +314,71 @@ def plot_metric_vs_nfe(
         ax.grid(True, which="both", alpha=0.3)
         _log_axes(ax)
     axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, title)
+
+
+def plot_frontier(table: pd.DataFrame, path: str | Path, *, title: str | None = None) -> Path:
+    """Bias against gradients per effective sample, one curve per sampler.
+
+    Two panels, log-log: the worst absolute error of a posterior mean and of a posterior
+    sd, in reference sd, against gradient evaluations per effective sample
+    (:func:`pmm_pymc.compare.frontier.frontier`). A sampler's points are joined in order
+    of their fixed step size; points whose step was adapted (``target_accept``, or
+    another adaptation: the ``adapted`` column) are hollow squares,
+    samplers with a single point (NUTS, nutpie) are stars. The grey band is the noise
+    floor (median over the points): errors inside it are Monte-Carlo noise.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Frontier rows: ``sampler``, ``step_size``, ``target_accept``, ``grad_per_ess``,
+        ``max_abs_mean_err``, ``max_abs_sd_err``, ``mean_floor``, ``sd_floor``.
+    path : str or pathlib.Path
+        Output file.
+    title : str, optional
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    plt = _pyplot()
+    panels = (
+        ("max_abs_mean_err", "mean_floor", "worst |mean error| (ref sd)"),
+        ("max_abs_sd_err", "sd_floor", "worst |sd error| (ref sd)"),
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (column, floor, label) in zip(axes[0], panels):
+        for k, (name, curve) in enumerate(table.groupby("sampler", sort=False)):
+            color = colors[k % len(colors)]
+            if len(curve) == 1 and not np.isfinite(curve["step_size"]).any():
+                ax.plot(curve["grad_per_ess"], curve[column], "*", ms=12, color=color, label=name)
+                continue
+            is_adapted = (
+                curve["adapted"].astype(bool)
+                if "adapted" in curve
+                else curve["target_accept"].notna()
+            )
+            fixed = curve[~is_adapted].sort_values("step_size")
+            adapted = curve[is_adapted]
+            ax.plot(fixed["grad_per_ess"], fixed[column], "o-", ms=4, color=color, label=name)
+            if len(adapted):
+                ax.plot(
+                    adapted["grad_per_ess"],
+                    adapted[column],
+                    "s",
+                    ms=7,
+                    mfc="none",
+                    color=color,
+                )
+        level = float(np.nanmedian(table[floor]))
+        ax.axhspan(1e-4, level, color="grey", alpha=0.15, lw=0)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=max(1e-3, 0.5 * float(np.nanmin(table[column]))))
+        ax.set_xlabel("gradient evaluations per effective sample")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        _log_axes(ax)
+    axes[0][0].legend(fontsize=7)
+    return _save_figure(fig, path, title)

@@ -9,11 +9,13 @@ loop, so the two samplers hold no copy of it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
 from pmm_pymc.mcmc.kernel import (
+    LangevinDraws,
     LangevinInfo,
     LangevinParams,
     LangevinState,
@@ -62,6 +64,7 @@ def advance(
     max_energy_error: float,
     tuning: bool,
     gap: bool | None = None,
+    draw_fn: Callable[..., LangevinDraws] | None = None,
 ) -> Advance:
     """Run ``n_blocks`` transitions of every row of ``state``, updating ``warmup`` while tuning.
 
@@ -87,6 +90,9 @@ def advance(
         Adjust the moves (when the warm-up adapts something) and update the warm-up.
     gap : bool, optional
         Passed to :func:`pmm_pymc.mcmc.kernel.draw`.
+    draw_fn : callable, optional
+        ``draw_fn(rng, K, B, d, adjust=...)`` instead of :func:`pmm_pymc.mcmc.kernel.draw`
+        (e.g. :func:`pmm_pymc.mcmc.kernel.draw_randomized_midpoint`).
 
     Returns
     -------
@@ -107,7 +113,10 @@ def advance(
             adjust=tuning and warmup.adjusts,
             friction=warmup.friction,
         )
-        randoms = draw(rng, K, B, d, adjust=params.adjust, gap=gap, kinetic=kinetic)
+        if draw_fn is None:
+            randoms = draw(rng, K, B, d, adjust=params.adjust, gap=gap, kinetic=kinetic)
+        else:
+            randoms = draw_fn(rng, K, B, d, adjust=params.adjust)
         state, info = transition(logp_grad, randoms, state, params)
         infos.append(info)
         if tuning:

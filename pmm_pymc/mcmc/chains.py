@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -45,6 +46,7 @@ from pmm_pymc.mcmc.kernel import (
     LangevinInfo,
     LangevinParams,
     LangevinState,
+    draw_randomized_midpoint,
     pmm_stability_limit,
 )
 from pmm_pymc.mcmc.warmup import (
@@ -54,13 +56,17 @@ from pmm_pymc.mcmc.warmup import (
     check_step_options,
 )
 
-__all__ = ["BatchedLogpGrad", "DEFAULT_K", "METHODS", "sample_chains"]
+__all__ = ["BatchedLogpGrad", "DEFAULT_K", "METHODS", "RMM_K", "reuse_compiled", "sample_chains"]
 
-METHODS = ("pmm", "lmc", "upmm", "ulmc")
-"""``sample_chains``' methods: PMM and LMC, overdamped and kinetic (underdamped)."""
+METHODS = ("pmm", "lmc", "rmm", "upmm", "ulmc")
+"""``sample_chains``' methods: PMM and LMC, overdamped and kinetic (underdamped), and the
+randomized midpoint method."""
 
 DEFAULT_K = 4
 """Default number of PMM sub-steps; the same as :class:`pmm_pymc.PoissonMidpoint`'s."""
+
+RMM_K = 64
+"""Default grid of midpoint times of ``method="rmm"`` (the randomized midpoint method)."""
 
 _BACKENDS = {"numba": "NUMBA", "c": "CVM"}
 # pm.sample's sample_stats renames the step's "model_logp" to "lp" (pymc.backends.arviz).
@@ -271,6 +277,41 @@ def _batched_point_fn(
     return names, batched
 
 
+_reused: dict[tuple, Any] | None = None  # the compiled functions kept by reuse_compiled
+
+
+@contextmanager
+def reuse_compiled() -> Iterator[None]:
+    """Within this block, :func:`sample_chains` compiles each model's functions once.
+
+    Runs of one model with different settings (a sweep of step sizes, say) then pay the
+    compilation once: the batched log density and gradient and the map to the trace's
+    variables are kept, per model and compile options, until the block ends. Change no
+    model inside the block (its compiled functions would be stale).
+    """
+    global _reused
+    outer = _reused
+    _reused = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        if outer is None:
+            for _, value in _reused.values():
+                if hasattr(value, "close"):  # a BatchedLogpGrad: stop its threads
+                    value.close()
+            _reused = None
+
+
+def _compiled(model: Model, key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()``, or the one kept for ``model`` under ``key`` inside :func:`reuse_compiled`."""
+    if _reused is None:
+        return build()
+    key = (id(model), *key)
+    if key not in _reused:
+        _reused[key] = (model, build())  # the model is kept alive: its id stays its own
+    return _reused[key][1]
+
+
 # ------------------------------------------------------------------------------------------------
 # Validation
 # ------------------------------------------------------------------------------------------------
@@ -296,10 +337,13 @@ def _check_options(
         if K is not None and K != 1:
             raise ValueError(f"K must be None or 1 with method={method!r}, got {K!r}")
         K = 1
+    elif method == "rmm":
+        K = check_int("K", RMM_K if K is None else K, 2)
     else:
         K = check_int("K", DEFAULT_K if K is None else K, 1)
+    kind = "pmm" if method == "rmm" else method  # whose default target_accept
     step_size, target_accept = check_step_options(
-        step_size, adapt_step_size, target_accept, max_energy_error, method
+        step_size, adapt_step_size, target_accept, max_energy_error, kind
     )
     check_choice("backend", backend, tuple(_BACKENDS))
     return chains, draws, tune, K, step_size, target_accept
@@ -331,8 +375,26 @@ def _initial_points(
     initvals: dict | None,
     jitter: bool,
     rng: np.random.Generator,
+    initial_points: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Jittered initial points (as pm.sample's jitter+adapt_diag), raveled, with finite logp."""
+    """Jittered initial points (as pm.sample's jitter+adapt_diag), raveled, with finite logp.
+
+    ``initial_points`` ``(chains, n)``, raveled unconstrained, are taken as they are instead.
+    """
+    if initial_points is not None:
+        x = np.array(initial_points, dtype=logp_grad.dtype)
+        if x.shape != (chains, logp_grad.n_dim):
+            raise ValueError(
+                f"initial_points must have shape (chains, n_dim) = ({chains}, "
+                f"{logp_grad.n_dim}), got shape {x.shape}"
+            )
+        logp, grad = logp_grad(x)
+        bad = ~(np.isfinite(logp) & np.isfinite(grad).all(axis=1))
+        if bad.any():
+            raise SamplingError(
+                f"Non-finite log density or gradient at initial_points row {int(bad.argmax())}"
+            )
+        return x, logp, grad
     ipfn = make_initial_point_fn(
         model=model,
         overrides=initvals,
@@ -384,7 +446,7 @@ def sample_chains(
     chains: int = 256,
     draws: int = 1000,
     tune: int = 1000,
-    method: Literal["pmm", "lmc", "upmm", "ulmc"] = "pmm",
+    method: Literal["pmm", "lmc", "rmm", "upmm", "ulmc"] = "pmm",
     K: int | None = None,
     step_size: float | None = None,
     adapt_step_size: bool = True,
@@ -397,6 +459,7 @@ def sample_chains(
     restart_stray_chains: bool = True,
     initvals: dict | None = None,
     jitter: bool = True,
+    initial_points: np.ndarray | None = None,
     random_seed: RandomSeed = None,
     discard_tuned_samples: bool = True,
     compute_convergence_checks: bool = True,
@@ -424,14 +487,18 @@ def sample_chains(
         Number of chains ``C`` (>= 1).
     draws, tune : int, default 1000
         Draws kept per chain, and warm-up iterations before them (discarded).
-    method : {"pmm", "lmc", "upmm", "ulmc"}, default "pmm"
+    method : {"pmm", "lmc", "rmm", "upmm", "ulmc"}, default "pmm"
         The Poisson Midpoint Method or unadjusted Langevin Monte Carlo, on overdamped
         Langevin (``"pmm"``, ``"lmc"``: :class:`pmm_pymc.PoissonMidpoint`,
         :class:`pmm_pymc.LangevinMC`) or kinetic Langevin (``"upmm"``, ``"ulmc"``:
-        :class:`pmm_pymc.UnderdampedPoissonMidpoint`, :class:`pmm_pymc.UnderdampedLangevin`).
+        :class:`pmm_pymc.UnderdampedPoissonMidpoint`, :class:`pmm_pymc.UnderdampedLangevin`),
+        or the randomized midpoint method (``"rmm"``: Shen & Lee 2019; one midpoint per step
+        at a uniform time, two gradients: the same transition with
+        :func:`pmm_pymc.mcmc.kernel.draw_randomized_midpoint`'s random numbers).
     K : int, optional
         PMM sub-steps per draw (default :data:`DEFAULT_K`); must be None or 1
-        for ``"lmc"`` and ``"ulmc"``.
+        for ``"lmc"`` and ``"ulmc"``; for ``"rmm"`` the grid of midpoint times (default
+        :data:`RMM_K`, at least 2).
     step_size : float, optional
         ``eta``, with ``x' = x + eta M^{-1} grad logp(x) + sqrt(2 eta) M^{-1/2} xi``
         for LMC. ``None``: adapted during tuning. A number with
@@ -469,6 +536,11 @@ def sample_chains(
         Initial values, as for ``pm.sample``; each chain's start is jittered
         by U(-1, 1) in the unconstrained space unless ``jitter=False``.
     jitter : bool, default True
+    initial_points : numpy.ndarray, shape (chains, n_dim), optional
+        Raveled unconstrained starting points, one per chain (in the order of
+        ``model.continuous_value_vars``), taken as they are: e.g. reference
+        draws, so that a run without warm-up measures the stationary bias.
+        Replaces ``initvals`` and ``jitter``.
     random_seed : int, SeedSequence or Generator, optional
         One seed for the whole run: the same seed and ``chains`` give
         identical draws.
@@ -564,12 +636,18 @@ def sample_chains(
     rng = np.random.default_rng(random_seed)
     point0 = model.initial_point(0)
 
-    logp_grad = BatchedLogpGrad(
-        model, value_vars, point0, mode=mode, compile_kwargs=compile_kwargs, threads=cores
+    logp_grad = _compiled(
+        model,
+        ("logp_grad", repr(mode), repr(compile_kwargs), cores),
+        lambda: BatchedLogpGrad(
+            model, value_vars, point0, mode=mode, compile_kwargs=compile_kwargs, threads=cores
+        ),
     )
     try:
         n = logp_grad.n_dim
-        x, logp, grad = _initial_points(model, value_vars, logp_grad, chains, initvals, jitter, rng)
+        x, logp, grad = _initial_points(
+            model, value_vars, logp_grad, chains, initvals, jitter, rng, initial_points
+        )
         warmup = Warmup(
             n,
             step_size=step0,
@@ -592,13 +670,15 @@ def sample_chains(
             tune=tune,
             K=K,
             blocks_per_draw=blocks_per_draw,
+            draw_fn=draw_randomized_midpoint if method == "rmm" else None,
             max_energy_error=float(max_energy_error),
             keep_tune=not discard_tuned_samples,
             progress=progress,
         )
         sampling_time = time.perf_counter() - t_start
     finally:
-        logp_grad.close()
+        if _reused is None:
+            logp_grad.close()
 
     stats = dict(run.stats)
     if K == 1:
@@ -674,6 +754,7 @@ def _run(
     max_energy_error: float,
     keep_tune: bool,
     blocks_per_draw: int = 1,
+    draw_fn: Callable[..., Any] | None = None,
     progress: bool,
 ) -> _Run:
     """The loop: transitions and warm-up updates, record. Stops early, keeping all, on Ctrl-C.
@@ -717,6 +798,7 @@ def _run(
                 n_blocks=blocks_per_draw,
                 max_energy_error=max_energy_error,
                 tuning=tuning,
+                draw_fn=draw_fn,
             )
             state, info, params = run.state, run.info, run.params
             spent = run.n_evals + (start_evals if it == 0 else 0)
@@ -781,7 +863,11 @@ def _to_datatree(
     import pymc
 
     n_draws, C, n = draws_x.shape
-    names, fn = _batched_point_fn(model, value_vars, point0, {"mode": mode, **compile_kwargs})
+    names, fn = _compiled(
+        model,
+        ("point_fn", repr(mode), repr(compile_kwargs)),
+        lambda: _batched_point_fn(model, value_vars, point0, {"mode": mode, **compile_kwargs}),
+    )
     flat = draws_x.reshape(n_draws * C, n)
     chunk = max(1, 2**22 // max(n, 1))
     pieces: list[list[np.ndarray]] = [fn(flat[i : i + chunk]) for i in range(0, len(flat), chunk)]

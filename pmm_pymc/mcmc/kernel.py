@@ -27,6 +27,12 @@ Random numbers, per transition and in this order (:func:`draw`): the firing unif
 ``U`` of shape ``(K - 1, B)`` (midpoint ``i`` fires for row ``m`` when ``U[i - 1, m] < 1/K``),
 the sub-step noise ``Z`` of shape ``(K, B, d)``, and, when the move is adjusted, ``B``
 uniforms for the acceptance.
+
+The randomized midpoint method (Shen & Lee 2019) is the same transition with other random
+numbers (:func:`draw_randomized_midpoint`): exactly one fired sub-step per row, uniform over
+``0..K-1``. Its correction weight is ``K g_i = eta``, so the move is
+``x' = x + eta b(x_tau) + sqrt(2 eta) z`` with ``x_tau`` the frozen-drift point at the
+uniformly placed time ``tau = i eta / K`` on the same Brownian path, at two gradients a step.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ __all__ = [
     "OBABO_STABILITY_LIMIT",
     "combine_info",
     "draw",
+    "draw_randomized_midpoint",
     "gap_noise",
     "kinetic_log_accept_ratio",
     "kinetic_stability_limit",
@@ -637,6 +644,48 @@ def _evaluate(
     if rows.any():
         logp[rows], grad[rows] = logp_grad(points[rows])
     return logp, grad
+
+
+def draw_randomized_midpoint(
+    rng: np.random.Generator, K: int, B: int, d: int, *, adjust: bool
+) -> LangevinDraws:
+    """The random numbers of one randomized-midpoint transition of ``B`` rows.
+
+    The randomized midpoint method (Shen & Lee 2019, overdamped form) evaluates the drift
+    once per step, at ``x_tau = x + tau b(x) + sqrt(2) W_tau`` with ``tau`` uniform on
+    ``[0, eta)``, and moves to ``x' = x + eta b(x_tau) + sqrt(2) W_eta`` on the same
+    Brownian path ``W``. :func:`transition` runs it when each row fires exactly one
+    sub-step ``i``, uniform over ``0..K-1`` (``tau = i eta / K``, a grid of ``K`` times):
+    the correction weight of sub-step ``i`` is ``K g_i = eta``, so the PMM endpoint
+    ``x + eta b(x) + sqrt(2 eta) z + eta (b(x_tau) - b(x))`` is the method's move
+    exactly. ``i = 0`` is ``tau = 0``, where ``b(x_tau) = b(x)`` is known: no drift call,
+    and the move is the LMC step. A row costs ``2 - 1/K`` gradients on average.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    K : int
+        Grid of midpoint times (>= 2; large, e.g. 64, for a near-uniform ``tau``).
+    B, d : int
+        Rows and dimension.
+    adjust : bool
+        Also draw the warm-up adjustment's uniforms.
+
+    Returns
+    -------
+    LangevinDraws
+        The noise per gap between firings (:func:`gap_noise`): two Gaussians per row
+        whatever ``K``.
+    """
+    if int(K) != K or K < 2:
+        raise ValueError(f"the randomized midpoint needs K >= 2 sub-steps, got {K!r}")
+    K = int(K)
+    fire = np.zeros((K, B), dtype=bool)
+    fire[rng.integers(0, K, size=B), np.arange(B)] = True
+    fire[0] = False  # tau = 0: the drift at the start is already known
+    noise = gap_noise(rng, fire, d)
+    accept = rng.random(B) if adjust else None
+    return LangevinDraws(fire, noise, accept)
 
 
 def transition(
