@@ -40,7 +40,12 @@ from xarray import DataTree
 
 from pmm_pymc._validate import check_bool, check_choice, check_int
 from pmm_pymc.mcmc.kernel import LangevinInfo, LangevinParams, LangevinState, draw, transition
-from pmm_pymc.mcmc.warmup import Warmup, check_precondition, check_step_options
+from pmm_pymc.mcmc.warmup import (
+    Warmup,
+    check_accuracy,
+    check_precondition,
+    check_step_options,
+)
 
 __all__ = ["BatchedLogpGrad", "DEFAULT_K", "sample_chains"]
 
@@ -374,6 +379,7 @@ def sample_chains(
     step_size: float | None = None,
     adapt_step_size: bool = True,
     target_accept: float | None = None,
+    accuracy: float | None = None,
     max_energy_error: float = 1000.0,
     precondition: Literal["auto", "diag", "dense"] | None = "auto",
     restart_stray_chains: bool = True,
@@ -421,6 +427,10 @@ def sample_chains(
         (:func:`pmm_pymc.mcmc.kernel.log_accept_ratio`).
     target_accept : float, optional
         Its target; default :data:`pmm_pymc.mcmc.warmup.DEFAULT_TARGET_ACCEPT`.
+    accuracy : float, optional
+        Instead of ``target_accept``: the tolerated bias as a relative error of the
+        posterior sds, as for :class:`pmm_pymc.PoissonMidpoint` (``docs/accuracy.md``).
+        Each chain's step size adapts to its own moves' bias statistic.
     max_energy_error : float, default 1000
         A move whose energy error (minus its log MALA ratio) exceeds this is a
         divergence: rejected, the chain stays put.
@@ -490,6 +500,7 @@ def sample_chains(
     of all chains per iteration, so chains are independent, and the draws of
     chain ``m`` depend on ``C`` (unlike ``pm.sample``'s per-chain generators).
     """
+    accuracy = check_accuracy(accuracy, target_accept)
     chains, draws, tune, K, step0, target = _check_options(
         chains,
         draws,
@@ -530,6 +541,7 @@ def sample_chains(
             precondition=check_precondition(precondition, n),
             restart_stray=restart_stray_chains,
             per_row_step=True,
+            accuracy=accuracy,
         )
         warmup.reset(tune)
         t_start = time.perf_counter()

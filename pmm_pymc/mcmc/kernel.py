@@ -213,6 +213,21 @@ class LangevinInfo(NamedTuple):
         between the start and a fired midpoint (0 when nothing fired).
     fallback : numpy.ndarray of bool, shape (B,)
         The stability guard took the LMC endpoint.
+    fine_energy_error : numpy.ndarray, shape (B,)
+        The energy error of the move seen as ``K`` Langevin sub-steps of size ``eta/K``:
+        minus :func:`log_accept_ratio` with the sub-step size ``eta/K`` (``inf`` where the
+        proposal is not finite; ``energy_error`` itself when ``K = 1``). It is the sum of the
+        fine chain's sub-step energy errors with the line integral of the gradient along the
+        fine path taken by the trapezoid rule on the chord ``x -> x'`` (the gradient-norm
+        terms telescope); on a Gaussian target the trapezoid rule is exact and it equals the
+        fine chain's path energy error. Its mean square per dimension tracks the
+        discretisation bias of the fine chain (:func:`pmm_pymc.mcmc.warmup.bias_statistic`).
+    midpoint_variance : numpy.ndarray, shape (B,)
+        An unbiased estimate, from the fired midpoints (Bernoulli thinning), of the variance
+        of PMM's midpoint correction given the frozen-drift path, in the norm of ``M``:
+        ``(K - 1) eta^2 / K * sum_{fired i} ||b_i - b_0||_M^2`` (0 for LMC). The randomness
+        of the correction adds this much variance to each move, PMM's bias beyond the fine
+        chain's.
     """
 
     accept_prob: np.ndarray
@@ -225,6 +240,8 @@ class LangevinInfo(NamedTuple):
     n_steps: np.ndarray
     stiffness: np.ndarray
     fallback: np.ndarray
+    fine_energy_error: np.ndarray
+    midpoint_variance: np.ndarray
 
 
 def pmm_stability_limit(K: int) -> float:
@@ -406,6 +423,7 @@ def transition(
     B = x.shape[0]
     midpoint_finite = np.ones(B, dtype=bool)
     stiffness = np.zeros(B)
+    spread = np.zeros(B)  # sum over fired midpoints of ||b_i - b_0||_M^2
     drift0 = metric.drift(grad)
     if np.ndim(eta) == 0:
         chain: AffineChain = _chain(float(eta), K)
@@ -427,6 +445,7 @@ def transition(
             den = metric.norm_sq(points - x[rows])
             ratio = np.where(finite & (den > 0), np.sqrt(num / den), 0.0)
         np.maximum.at(stiffness, rows, np.nan_to_num(ratio, nan=0.0, posinf=np.inf))
+        np.add.at(spread, rows, np.where(finite, num, 0.0))
         return b
 
     noise = metric.scale_noise(draws.noise)
@@ -452,6 +471,14 @@ def transition(
         -log_accept_ratio(logp, logp_new, x, x_new, grad, grad_new, eta, metric),
         np.inf,
     )
+    if K == 1:
+        fine_energy_error = energy_error
+    else:
+        fine_energy_error = np.where(
+            proposal_finite,
+            -log_accept_ratio(logp, logp_new, x, x_new, grad, grad_new, eta / K, metric),
+            np.inf,
+        )
     ok = proposal_finite & (energy_error <= params.max_energy_error)
     with np.errstate(over="ignore"):
         accept_prob = np.where(ok, np.exp(-np.maximum(energy_error, 0.0)), 0.0)
@@ -479,5 +506,7 @@ def transition(
         n_steps=n_midpoints + midpoint_finite,
         stiffness=stiffness,
         fallback=fallback,
+        fine_energy_error=fine_energy_error,
+        midpoint_variance=(K - 1) / K * np.asarray(eta) ** 2 * spread,
     )
     return new_state, info
