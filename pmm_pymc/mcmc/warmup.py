@@ -84,10 +84,11 @@ STUCK_ACCEPT = 0.05
 MIN_ROWS_FOR_RESTART = 8
 """Stray rows are looked for only with at least this many rows (a bulk to compare with)."""
 
-ACCURACY_SCALE = 1.0
+ACCURACY_SCALE = 0.8
 """The bias statistic aims at ``ACCURACY_SCALE * accuracy`` (calibrated: ``docs/accuracy.md``)."""
 
-_FEED_MAX = 4.0  # a move's share of the bias statistic is clipped here (a divergence counts so)
+_FEED_MAX = 10.0  # a move's share of the bias statistic is clipped here (a divergence counts so)
+_FEED_GAIN = 0.15  # dual averaging is fed _FEED_GAIN * (1 - G): G's noise is 3-5x an acceptance's
 
 _TRACE_RATE = 0.05  # exponential moving average of each row's log density and acceptance
 _CURVATURE_ROWS = 4  # rows at which the starting curvature is measured
@@ -572,7 +573,8 @@ class Warmup(WithSamplingState):
         From the first slow window on, adapt the step size instead so that the bias
         statistic (:func:`bias_terms`) predicts a relative error of the posterior sd of
         ``ACCURACY_SCALE * accuracy``: dual averaging (in log step size) of
-        :func:`accuracy_feed` towards 1. ``target_accept`` is used in the initial interval.
+        :func:`accuracy_feed` towards 1, without restarts at the window ends.
+        ``target_accept`` is used in the initial interval.
     precondition : {"diag", "dense", None}
         Resolved kind (:func:`check_precondition`). ``None``: ``M = I`` throughout.
     restart_stray : bool, default False
@@ -684,7 +686,10 @@ class Warmup(WithSamplingState):
         return math.ceil(n_evals * rows.shape[0] / state.x.shape[0])
 
     def _restart_step_size(self) -> None:
-        if self.adapt_step_size:
+        # Towards accuracy the statistic is in the units of the current preconditioner, so the
+        # step learnt carries over a new one: restarting the dual average for each short window
+        # (the terminal one has 50 draws) was measured to end on steps 1.5x too small.
+        if self.adapt_step_size and not self._aims_accuracy:
             # New preconditioner: the step size learnt for the old one is stale; restart
             # dual averaging from it (Stan's windowed adaptation does the same).
             self.step_adapt = self._dual_averaging(self.step_size)
@@ -802,7 +807,7 @@ class Warmup(WithSamplingState):
     def _dual_averaging(self, initial_step: float | np.ndarray) -> DualAverageAdaptation:
         """PyMC's NUTS step-size adaptation (same constants), started at ``initial_step``.
 
-        With ``accuracy``, from the first slow window on, it is fed ``(1 - G) / 2``
+        With ``accuracy``, from the first slow window on, it is fed ``_FEED_GAIN * (1 - G)``
         (:meth:`_accuracy_stat`) with target 0.
         """
         target = 0.0 if self._aims_accuracy else self.target_accept
@@ -823,7 +828,7 @@ class Warmup(WithSamplingState):
         return self.accuracy is not None and self.iteration > self._accuracy_start
 
     def _accuracy_stat(self, info: LangevinInfo) -> np.ndarray | float:
-        """``(1 - G) / 2`` of :func:`accuracy_feed`, per row or of the mean over the rows."""
+        """``_FEED_GAIN * (1 - G)`` (:func:`accuracy_feed`), per row or of the rows' mean."""
         target = ACCURACY_SCALE * self.accuracy
         fine, spread = bias_terms(info, self.step_size, self.n_dim)
         fine = np.minimum(fine, (_FEED_MAX * target) ** 2)  # a divergence counts as the clip
@@ -833,7 +838,7 @@ class Warmup(WithSamplingState):
             self.fine_level = np.full(np.shape(fine), target**2)
         self.fine_level = self.fine_level + _TRACE_RATE * (fine - self.fine_level)
         feed = accuracy_feed(fine, spread, np.maximum(self.fine_level, 1e-300), target)
-        stat = 0.5 * (1.0 - feed)
+        stat = _FEED_GAIN * (1.0 - feed)
         return stat if self.per_row_step else float(stat)
 
     def _current_step(self, tune: bool) -> float | np.ndarray:
