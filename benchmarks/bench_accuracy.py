@@ -22,6 +22,12 @@ root::
     python benchmarks/bench_accuracy.py                      # ~1 hour on 2 busy cores
     python benchmarks/bench_accuracy.py --quick              # a smoke run
     python benchmarks/bench_accuracy.py --posteriors corr_gauss --accuracy 0.05
+    python benchmarks/bench_accuracy.py --gaussian           # the exact-Gaussian check only
+
+``--gaussian`` prints the statistic against the exact stationary sd bias of LMC and PMM(K)
+on ``N(0, I_16)`` (rows started at the exact stationary law; the exact variance is the
+enumeration over the firing patterns of ``tests/test_core.py``, the oracle the tests use),
+with the would-be MALA acceptance beside it.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from pmm_pymc.compare.diagnostics import (
 )
 from pmm_pymc.evaluation.posteriors import load_model, load_reference
 from pmm_pymc.mcmc.chains import sample_chains
+from pmm_pymc.mcmc.kernel import LangevinParams, LangevinState, Metric, draw, transition
+from pmm_pymc.mcmc.warmup import bias_terms
 
 CALIBRATION = ("kidscore_momiq", "arK", "low_dim_gauss_mix")
 VALIDATION = ("diamonds", "blr", "eight_schools_noncentered", "gp_pois_regr", "corr_gauss")
@@ -112,9 +120,47 @@ def run(model, reference, method: str, K: int | None, accuracy: float, args) -> 
     }
 
 
+def gaussian_table(d: int = 16, rows: int = 2000, n_iter: int = 10) -> None:
+    """The bias statistic against the exact sd bias on ``N(0, I_d)``, ``M = I``."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_core import exact_stationary_variance
+
+    def logp_grad(x):
+        return -0.5 * np.sum(x * x, axis=1), -x
+
+    print("| eta | K | exact sd bias | predicted | fine term | midpoint term | would-be accept |")
+    print("|---|---|---|---|---|---|---|")
+    for eta in (0.1, 0.2, 0.4):
+        for K in (1, 2, 4, 8):
+            rng = np.random.default_rng(K)
+            var = exact_stationary_variance(eta, K)
+            x = rng.standard_normal((rows, d)) * np.sqrt(var)
+            state = LangevinState(x, *logp_grad(x))
+            params = LangevinParams(eta, K, Metric.identity())
+            fine, spread, accept = [], [], []
+            for _ in range(n_iter):
+                state, info = transition(
+                    logp_grad, draw(rng, K, rows, d, adjust=False), state, params
+                )
+                f, s = bias_terms(info, eta, d)
+                fine.append(f.mean())
+                spread.append(s.mean())
+                accept.append(info.accept_prob.mean())
+            f, s = math.sqrt(np.mean(fine)), float(np.mean(spread))
+            print(
+                f"| {eta} | {K} | {math.sqrt(var) - 1:.4f} | {f + s:.4f} | {f:.4f} | {s:.4f} "
+                f"| {np.mean(accept):.3f} |",
+                flush=True,
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--gaussian", action="store_true", help="the exact-Gaussian check only")
     parser.add_argument("--posteriors", nargs="*", default=list(CALIBRATION + VALIDATION))
     parser.add_argument("--accuracy", nargs="*", type=float, default=[0.1, 0.05, 0.02])
     parser.add_argument("--K", nargs="*", type=int, default=[4], help="PMM sub-steps")
@@ -123,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.gaussian:
+        gaussian_table()
+        return
     if args.quick:
         args.chains, args.tune, args.draws = 16, 300, 300
     print(
