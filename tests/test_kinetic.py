@@ -382,6 +382,7 @@ def test_sample_chains_kinetic_fixed_step_has_the_exact_stationary_covariance():
         ({"energy_var_target": 0}, "energy_var_target must be a finite number > 0, got 0"),
         ({"K": 0}, "K must be an integer >= 1, got 0"),
         ({"target_accept": 1.5}, "target_accept must be a finite number > 0 and < 1"),
+        ({"accuracy": 0.02}, "accuracy=0.02 is calibrated for overdamped Langevin"),
     ],
 )
 def test_kinetic_bad_options(small_model, kwargs, match):

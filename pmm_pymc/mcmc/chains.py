@@ -51,6 +51,7 @@ from pmm_pymc.mcmc.kernel import (
 )
 from pmm_pymc.mcmc.warmup import (
     Warmup,
+    check_accuracy,
     check_kinetic_options,
     check_precondition,
     check_step_options,
@@ -451,6 +452,7 @@ def sample_chains(
     step_size: float | None = None,
     adapt_step_size: bool = True,
     target_accept: float | None = None,
+    accuracy: float | None = None,
     max_energy_error: float = 1000.0,
     friction: float | None = None,
     energy_var_target: float | None = None,
@@ -509,6 +511,10 @@ def sample_chains(
         (:func:`pmm_pymc.mcmc.kernel.log_accept_ratio`).
     target_accept : float, optional
         Its target; default :data:`pmm_pymc.mcmc.warmup.DEFAULT_TARGET_ACCEPT`.
+    accuracy : float, optional
+        Instead of ``target_accept``: the tolerated bias as a relative error of the
+        posterior sds, as for :class:`pmm_pymc.PoissonMidpoint` (``docs/accuracy.md``).
+        Each chain's step size adapts to its own moves' bias statistic.
     max_energy_error : float, default 1000
         A move whose energy error (minus its log MALA ratio) exceeds this is a
         divergence: rejected, the chain stays put.
@@ -593,6 +599,7 @@ def sample_chains(
     of all chains per iteration, so chains are independent, and the draws of
     chain ``m`` depend on ``C`` (unlike ``pm.sample``'s per-chain generators).
     """
+    accuracy = check_accuracy(accuracy, target_accept)
     chains, draws, tune, K, step0, target = _check_options(
         chains,
         draws,
@@ -608,6 +615,11 @@ def sample_chains(
     check_precondition(precondition, 0)
     blocks_per_draw = check_int("blocks_per_draw", blocks_per_draw, 1)
     kinetic = method in ("upmm", "ulmc")
+    if kinetic and accuracy is not None:
+        raise ValueError(
+            f"accuracy={accuracy!r} is calibrated for overdamped Langevin ('pmm', 'lmc'); "
+            f"method={method!r} adapts its step to target_accept or to energy_var_target"
+        )
     if kinetic:
         kinetic_options = dict(
             zip(
@@ -657,6 +669,7 @@ def sample_chains(
             restart_stray=restart_stray_chains,
             per_row_step=True,
             stability_limit=OBABO_STABILITY_LIMIT if kinetic else pmm_stability_limit(K),
+            accuracy=accuracy,
             **kinetic_options,
         )
         warmup.reset(tune * blocks_per_draw)

@@ -252,6 +252,21 @@ class LangevinInfo(NamedTuple):
         between the start and a fired midpoint (0 when nothing fired).
     fallback : numpy.ndarray of bool, shape (B,)
         The stability guard took the LMC endpoint.
+    fine_energy_error : numpy.ndarray, shape (B,)
+        The energy error of the move seen as ``K`` Langevin sub-steps of size ``eta/K``:
+        minus :func:`log_accept_ratio` with the sub-step size ``eta/K`` (``inf`` where the
+        proposal is not finite; ``energy_error`` itself when ``K = 1``). It is the sum of the
+        fine chain's sub-step energy errors with the line integral of the gradient along the
+        fine path taken by the trapezoid rule on the chord ``x -> x'`` (the gradient-norm
+        terms telescope); on a Gaussian target the trapezoid rule is exact and it equals the
+        fine chain's path energy error. Its mean square per dimension tracks the
+        discretisation bias of the fine chain (:func:`pmm_pymc.mcmc.warmup.bias_statistic`).
+    midpoint_variance : numpy.ndarray, shape (B,)
+        An unbiased estimate, from the fired midpoints (Bernoulli thinning), of the variance
+        of PMM's midpoint correction given the frozen-drift path, in the norm of ``M``:
+        ``(K - 1) eta^2 / K * sum_{fired i} ||b_i - b_0||_M^2`` (0 for LMC). The randomness
+        of the correction adds this much variance to each move, PMM's bias beyond the fine
+        chain's.
     """
 
     accept_prob: np.ndarray
@@ -264,6 +279,8 @@ class LangevinInfo(NamedTuple):
     n_steps: np.ndarray
     stiffness: np.ndarray
     fallback: np.ndarray
+    fine_energy_error: np.ndarray
+    midpoint_variance: np.ndarray
 
 
 def pmm_stability_limit(K: int) -> float:
@@ -720,6 +737,7 @@ def transition(
     B = x.shape[0]
     midpoint_finite = np.ones(B, dtype=bool)
     stiffness = np.zeros(B)
+    spread = np.zeros(B)  # sum over fired midpoints of ||b_i - b_0||_M^2
     drift0 = metric.drift(grad)
     chain, weights, start, b0 = _block(params, state, drift0)
 
@@ -732,6 +750,7 @@ def transition(
         b = metric.drift(g)
         ratio = secant_curvature(metric, b - drift0[rows], positions - x[rows], finite)
         np.maximum.at(stiffness, rows, ratio)
+        np.add.at(spread, rows, np.where(finite, metric.norm_sq(b - drift0[rows]), 0.0))
         return b[:, None, :] if kinetic else b
 
     noise = metric.scale_noise(draws.noise)
@@ -784,11 +803,20 @@ def transition(
             proposal_finite = np.where(late, finite, proposal_finite)
             n_steps = n_steps + late
             fallback = fallback | late
-    if kinetic:
-        log_ratio = kinetic_log_accept_ratio(logp, logp_new, x, x_new, grad, grad_new, eta, metric)
+    accept_ratio = kinetic_log_accept_ratio if kinetic else log_accept_ratio
+    energy_error = np.where(
+        proposal_finite,
+        -accept_ratio(logp, logp_new, x, x_new, grad, grad_new, eta, metric),
+        np.inf,
+    )
+    if K == 1:
+        fine_energy_error = energy_error
     else:
-        log_ratio = log_accept_ratio(logp, logp_new, x, x_new, grad, grad_new, eta, metric)
-    energy_error = np.where(proposal_finite, -log_ratio, np.inf)
+        fine_energy_error = np.where(
+            proposal_finite,
+            -accept_ratio(logp, logp_new, x, x_new, grad, grad_new, np.asarray(eta) / K, metric),
+            np.inf,
+        )
     ok = proposal_finite & (energy_error <= params.max_energy_error)
     with np.errstate(over="ignore"):
         accept_prob = np.where(ok, np.exp(-np.maximum(energy_error, 0.0)), 0.0)
@@ -818,6 +846,8 @@ def transition(
         n_steps=n_steps,
         stiffness=stiffness,
         fallback=fallback,
+        fine_energy_error=fine_energy_error,
+        midpoint_variance=(K - 1) / K * np.asarray(eta) ** 2 * spread,
     )
     return new_state, info
 
@@ -865,4 +895,6 @@ def combine_info(infos: Sequence[LangevinInfo]) -> LangevinInfo:
         n_steps=stacked("n_steps").sum(axis=0),
         stiffness=stacked("stiffness").max(axis=0),
         fallback=stacked("fallback").any(axis=0),
+        fine_energy_error=pick("fine_energy_error"),
+        midpoint_variance=pick("midpoint_variance"),
     )

@@ -48,6 +48,7 @@ from pmm_pymc.mcmc.warmup import (
     DENSE_MAX_DIM,
     Warmup,
     WarmupState,
+    check_accuracy,
     check_kinetic_options,
     check_precondition,
     check_step_options,
@@ -108,6 +109,7 @@ class _LangevinStep(GradientSharedStep):
         step_size: float | None = None,
         adapt_step_size: bool = True,
         target_accept: float | None = None,
+        accuracy: float | None = None,
         max_energy_error: float = 1000.0,
         precondition: Literal["auto", "diag", "dense"] | None = "auto",
         blocks_per_draw: int = 1,
@@ -118,6 +120,7 @@ class _LangevinStep(GradientSharedStep):
         compile_kwargs: dict | None = None,
         **pytensor_kwargs: Any,
     ) -> None:
+        self.accuracy = check_accuracy(accuracy, target_accept)
         step_size, target_accept = check_step_options(
             step_size, adapt_step_size, target_accept, max_energy_error, self.name
         )
@@ -177,6 +180,7 @@ class _LangevinStep(GradientSharedStep):
             stability_limit=OBABO_STABILITY_LIMIT
             if self._kinetic
             else pmm_stability_limit(self._K),
+            accuracy=self.accuracy,
             **self._kinetic_options,
         )
         self.n_tune = _DEFAULT_TUNE
@@ -422,6 +426,13 @@ class LangevinMC(_LangevinStep):
         (:func:`pmm_pymc.mcmc.kernel.log_accept_ratio`) during tuning.
     target_accept : float, optional
         Its target; default :data:`pmm_pymc.mcmc.warmup.DEFAULT_TARGET_ACCEPT`.
+    accuracy : float, optional
+        Instead of ``target_accept``: the tolerated bias, as a relative error of the
+        posterior sds (0.02: about 2 %). The step size adapts so that a statistic of the
+        moves that tracks the stationary bias of LMC and of PMM alike
+        (:func:`pmm_pymc.mcmc.warmup.bias_terms`) predicts that bias; PMM then takes a
+        larger step than LMC at the same accuracy. Calibration and measured errors:
+        ``docs/accuracy.md``. Exclusive with ``target_accept``.
     max_energy_error : float, default 1000
         A move whose energy error (minus its log would-be MALA ratio) is larger is a
         divergence: rejected, the chain stays put.
@@ -485,7 +496,7 @@ class PoissonMidpoint(_LangevinStep):
         K=8, 1.1111 for LMC) against the mean-square stability limit
         (``eta L < 1.52`` for K=4, 1.35 for K=8, 2 for LMC); see
         ``docs/method.md``.
-    adapt_step_size, target_accept, precondition, blocks_per_draw
+    adapt_step_size, target_accept, accuracy, precondition, blocks_per_draw
         As for :class:`LangevinMC`.
     model, blocked, rng, initial_point, compile_kwargs
         As for :class:`LangevinMC`.
@@ -568,6 +579,12 @@ class UnderdampedLangevin(_LangevinStep):
         energy_var_target: float | None = None,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("accuracy") is not None:
+            raise ValueError(
+                f"accuracy={kwargs['accuracy']!r} is calibrated for overdamped Langevin "
+                "(PoissonMidpoint, LangevinMC); kinetic Langevin's step adapts to "
+                "target_accept or to energy_var_target"
+            )
         first, adapt, target = check_kinetic_options(friction, energy_var_target)
         self._kinetic_options = {
             "friction": first,

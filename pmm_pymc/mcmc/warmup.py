@@ -21,8 +21,9 @@ The schedule (``docs/method.md`` has the reasons and the measurements):
   (:func:`fisher_estimate`, diagonal or dense, pooled over the rows with Chan's merge), and
   the step-size adaptation restarts.
 * **Step size**: PyMC's :class:`~pymc.step_methods.step_sizes.DualAverageAdaptation` of
-  the mean over the rows of the would-be MALA acceptance; the dual-averaged step of the
-  terminal interval is frozen when tuning ends.
+  the mean over the rows of the would-be MALA acceptance, or, with ``accuracy``, of the
+  bias statistic (:func:`bias_terms`, :func:`accuracy_feed`) towards the requested bias;
+  the dual-averaged step of the terminal interval is frozen when tuning ends.
 * **Stray rows** (many chains only, ``restart_stray=True``): at the end of the initial
   interval and of each slow window, a row whose recent log density lies far below the bulk
   of the rows is restarted from a row in the bulk (:func:`stray_rows`).
@@ -50,6 +51,7 @@ from pmm_pymc._validate import check_bool, check_real
 from pmm_pymc.mcmc.kernel import LangevinInfo, LangevinState, LogpGrad, Metric, secant_curvature
 
 __all__ = [
+    "ACCURACY_SCALE",
     "CURVATURE_MAX_DIM",
     "DEFAULT_TARGET_ACCEPT",
     "DENSE_MAX_DIM",
@@ -57,7 +59,10 @@ __all__ = [
     "STABILITY_SAFETY",
     "Warmup",
     "WarmupState",
+    "accuracy_feed",
     "adaptation_windows",
+    "bias_terms",
+    "check_accuracy",
     "check_kinetic_options",
     "check_precondition",
     "check_step_options",
@@ -93,6 +98,12 @@ STABILITY_SAFETY = 0.5
 
 MIN_ROWS_FOR_RESTART = 8
 """Stray rows are looked for only with at least this many rows (a bulk to compare with)."""
+
+ACCURACY_SCALE = 0.8
+"""The bias statistic aims at ``ACCURACY_SCALE * accuracy`` (calibrated: ``docs/accuracy.md``)."""
+
+_FEED_MAX = 10.0  # a move's share of the bias statistic is clipped here (a divergence counts so)
+_FEED_GAIN = 0.15  # dual averaging is fed _FEED_GAIN * (1 - G): G's noise is 3-5x an acceptance's
 
 _TRACE_RATE = 0.05  # exponential moving average of each row's log density and acceptance
 _CURVATURE_ROWS = 4  # rows at which the starting curvature is measured
@@ -170,6 +181,99 @@ def check_kinetic_options(
     if energy_var_target is not None:
         energy_var_target = check_real("energy_var_target", energy_var_target, gt=0)
     return friction, adapt, energy_var_target
+
+
+def check_accuracy(accuracy: object, target_accept: object) -> float | None:
+    """Validate ``accuracy`` (a tolerated bias in posterior sd), exclusive with ``target_accept``.
+
+    Parameters
+    ----------
+    accuracy, target_accept : object
+        The user's values.
+
+    Returns
+    -------
+    float or None
+        ``accuracy`` as a float in (0, 1), or None when not given.
+
+    Raises
+    ------
+    ValueError
+        When both are given, or ``accuracy`` is not a number in (0, 1).
+    """
+    if accuracy is None:
+        return None
+    if target_accept is not None:
+        raise ValueError(
+            f"give accuracy or target_accept, not both (got accuracy={accuracy!r}, "
+            f"target_accept={target_accept!r}): each sets what the step size adapts to"
+        )
+    return check_real("accuracy", accuracy, gt=0, lt=1)
+
+
+def bias_terms(
+    info: LangevinInfo, step_size: float | np.ndarray, n_dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two terms of the bias statistic of one transition, per row.
+
+    With ``e`` the move's :attr:`~pmm_pymc.mcmc.kernel.LangevinInfo.fine_energy_error`,
+    ``V`` its :attr:`~pmm_pymc.mcmc.kernel.LangevinInfo.midpoint_variance`, ``d`` the
+    dimension and ``eta`` the step size::
+
+        fine = e^2 / (8 d eta)        spread = V / (4 d eta)
+
+    and ``sqrt(E[fine]) + E[spread]`` predicts the relative error of the stationary sd.
+    Derivation, on ``N(0, Sigma)`` preconditioned by ``M^{-1} = Sigma`` (``h = eta``):
+    the fine chain (``K`` Langevin sub-steps of size ``eta/K``) has stationary sd
+    ``(1 - h/(2K))^{-1/2}``, an error of ``h/(4K)``, and its path energy error ``e`` per
+    block has ``E[e^2] = d h^3 / (2 K^2)``, so ``sqrt(E[fine]) = h/(4K)``. PMM's midpoint
+    correction adds a random error of variance ``V`` to each move; at contraction ``h`` per
+    block this widens the stationary variance by ``V / (2 d h)`` relative, the sd by
+    ``E[V] / (4 d h)``. For LMC (``K = 1``) ``V = 0``. Checked against the exact
+    stationary laws in ``tests/test_accuracy.py``.
+
+    Parameters
+    ----------
+    info : LangevinInfo
+    step_size : float or numpy.ndarray, shape (B,)
+    n_dim : int
+
+    Returns
+    -------
+    fine, spread : numpy.ndarray, shape (B,)
+        ``inf`` in ``fine`` where the proposal was not finite.
+    """
+    scale = 1.0 / (np.asarray(step_size, dtype=float) * n_dim)
+    with np.errstate(over="ignore", invalid="ignore"):
+        fine = np.nan_to_num(info.fine_energy_error**2 * (scale / 8), nan=np.inf)
+    return fine, info.midpoint_variance * (scale / 4)
+
+
+def accuracy_feed(
+    fine: np.ndarray, spread: np.ndarray, fine_level: np.ndarray | float, target: float
+) -> np.ndarray:
+    """A move's share ``G`` of the bias statistic, in units of the target bias.
+
+    ``G = fine / (target * sqrt(fine_level)) + spread / target``, clipped at
+    :data:`_FEED_MAX`. With ``fine_level`` the running mean of ``fine``, ``E[G] = 1``
+    where ``sqrt(E[fine]) + E[spread] = target`` (:func:`bias_terms`): the square root is
+    taken of a mean, not of each move's (noisy) ``fine``, so a single chain is not biased.
+
+    Parameters
+    ----------
+    fine, spread : numpy.ndarray
+        From :func:`bias_terms`.
+    fine_level : numpy.ndarray or float
+        A running mean of ``fine`` (> 0).
+    target : float
+        The bias aimed at.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    feed = fine / (target * np.sqrt(fine_level)) + spread / target
+    return np.minimum(np.nan_to_num(feed, nan=_FEED_MAX), _FEED_MAX)
 
 
 def check_precondition(precondition: object, n_dim: int) -> str | None:
@@ -587,6 +691,7 @@ class WarmupState(DataClassState):
     recent_lp: list
     stability_cap: float | None
     bulk_floor: float | None
+    fine_level: float | np.ndarray | None
 
 
 class Warmup(WithSamplingState):
@@ -602,6 +707,12 @@ class Warmup(WithSamplingState):
     adapt_step_size : bool
     target_accept : float
         The dual-averaging target of the mean would-be MALA acceptance.
+    accuracy : float, optional
+        From the first slow window on, adapt the step size instead so that the bias
+        statistic (:func:`bias_terms`) predicts a relative error of the posterior sd of
+        ``ACCURACY_SCALE * accuracy``: dual averaging (in log step size) of
+        :func:`accuracy_feed` towards 1, without restarts at the window ends.
+        ``target_accept`` is used in the initial interval.
     precondition : {"diag", "dense", None}
         Resolved kind (:func:`check_precondition`). ``None``: ``M = I`` throughout.
     restart_stray : bool, default False
@@ -675,6 +786,7 @@ class Warmup(WithSamplingState):
         adapt_friction: bool = False,
         energy_var_target: float | None = None,
         stability_limit: float | None = None,
+        accuracy: float | None = None,
     ) -> None:
         self.n_dim = int(n_dim)
         self.first_friction = None if friction is None else float(friction)
@@ -684,6 +796,7 @@ class Warmup(WithSamplingState):
         self.first_step = float(step_size) if step_size is not None else initial_step_size(n_dim)
         self.adapt_step_size = bool(adapt_step_size)
         self.target_accept = float(target_accept)
+        self.accuracy = None if accuracy is None else float(accuracy)
         self.kind = precondition
         self.restart_stray = bool(restart_stray)
         self.stability_limit = None if stability_limit is None else float(stability_limit)
@@ -709,6 +822,7 @@ class Warmup(WithSamplingState):
         self.friction = self.first_friction
         self.step_adapt = self._dual_averaging(self.first_step)
         self.lp_trace = self.accept_trace = self.n_restarts = None
+        self.fine_level = None
         self.late_restarts = 0
         self.last_x = self.last_grad = self.move_curvature = None
         self.recent_lp = []
@@ -754,7 +868,10 @@ class Warmup(WithSamplingState):
         # The curvature and log density of the new preconditioner's interval start afresh.
         self.move_curvature = None
         self.recent_lp = []
-        if self.adapt_step_size:
+        # Towards accuracy the statistic is in the units of the current preconditioner, so the
+        # step learnt carries over a new one: restarting the dual average for each short window
+        # (the terminal one has 50 draws) was measured to end on steps 1.5x too small.
+        if self.adapt_step_size and not self._aims_accuracy:
             # New preconditioner: the step size learnt for the old one is stale; restart
             # dual averaging from it (Stan's windowed adaptation does the same).
             self.step_adapt = self._dual_averaging(self.step_size)
@@ -794,10 +911,18 @@ class Warmup(WithSamplingState):
             self.lp_trace += _TRACE_RATE * (state.logp - self.lp_trace)
             self.accept_trace += _TRACE_RATE * (info.accept_prob - self.accept_trace)
         if self.adapt_step_size:
-            stat = info.accept_prob
-            if self.energy_var_target is not None:
-                stat = energy_statistic(info.energy_error, self.n_dim, self.energy_var_target)
-            self.step_adapt.update(stat if self.per_row_step else float(np.mean(stat)), True)
+            if self.accuracy is not None and it == self._accuracy_start:
+                self.step_adapt = self._dual_averaging(self.step_size)  # now towards accuracy
+                self.fine_level = None
+            if self._aims_accuracy:
+                stat = self._accuracy_stat(info)
+            else:
+                stat = info.accept_prob
+                if self.energy_var_target is not None:
+                    stat = energy_statistic(info.energy_error, self.n_dim, self.energy_var_target)
+                if not self.per_row_step:
+                    stat = float(np.mean(stat))
+            self.step_adapt.update(stat, True)
             self.step_size = self._current_step(tune=True)
 
         window = next(((a, b) for a, b in self.windows if a <= it < b), None)
@@ -938,9 +1063,46 @@ class Warmup(WithSamplingState):
         return level - stray_threshold(self.n_dim, spread)
 
     def _dual_averaging(self, initial_step: float | np.ndarray) -> DualAverageAdaptation:
-        """PyMC's NUTS step-size adaptation (same constants), started at ``initial_step``."""
-        target = self.target_accept if self.energy_var_target is None else ENERGY_STAT_TARGET
+        """PyMC's NUTS step-size adaptation (same constants), started at ``initial_step``.
+
+        With ``accuracy``, from the first slow window on, it is fed ``_FEED_GAIN * (1 - G)``
+        (:meth:`_accuracy_stat`) with target 0.
+        """
+        if self._aims_accuracy:
+            target = 0.0
+        elif self.energy_var_target is not None:
+            target = ENERGY_STAT_TARGET
+        else:
+            target = self.target_accept
         return DualAverageAdaptation(initial_step, target, 0.05, 0.75, 10)
+
+    @property
+    def _accuracy_start(self) -> int:
+        """The tuning draw from which the step adapts to ``accuracy``: the first slow window.
+
+        Before it the chains are still on their way from their starts, where the energy
+        errors say nothing about the stationary bias (and would shrink the step until the
+        chains cannot arrive); the step adapts to ``target_accept`` there.
+        """
+        return self.windows[0][0] if self.windows else 0
+
+    @property
+    def _aims_accuracy(self) -> bool:
+        return self.accuracy is not None and self.iteration > self._accuracy_start
+
+    def _accuracy_stat(self, info: LangevinInfo) -> np.ndarray | float:
+        """``_FEED_GAIN * (1 - G)`` (:func:`accuracy_feed`), per row or of the rows' mean."""
+        target = ACCURACY_SCALE * self.accuracy
+        fine, spread = bias_terms(info, self.step_size, self.n_dim)
+        fine = np.minimum(fine, (_FEED_MAX * target) ** 2)  # a divergence counts as the clip
+        if not self.per_row_step:
+            fine, spread = float(np.mean(fine)), float(np.mean(spread))
+        if self.fine_level is None or np.shape(self.fine_level) != np.shape(fine):
+            self.fine_level = np.full(np.shape(fine), target**2)
+        self.fine_level = self.fine_level + _TRACE_RATE * (fine - self.fine_level)
+        feed = accuracy_feed(fine, spread, np.maximum(self.fine_level, 1e-300), target)
+        stat = _FEED_GAIN * (1.0 - feed)
+        return stat if self.per_row_step else float(stat)
 
     def _current_step(self, tune: bool) -> float | np.ndarray:
         step = self.step_adapt.current(tune)
