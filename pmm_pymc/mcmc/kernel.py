@@ -475,8 +475,10 @@ def kinetic_log_accept_ratio(
 
         log pi(u') - log pi(u) - (eta/2) w^T (g + g') - (eta^2/8) (b'^T g' - b^T g)
 
-    and needs only the end points and their gradients, like MALA's. A PMM block is
-    scored as the one coarse step it replaces.
+    and needs only the end points and their gradients. It is :func:`log_accept_ratio` at
+    the step ``eta^2 / 2`` (MALA of step ``eta_m`` is the leapfrog of step ``sqrt(2 eta_m)``,
+    with ``b'^T g = b^T g'`` for a symmetric ``M^{-1}``). A PMM block is scored as the one
+    coarse step it replaces.
 
     Parameters
     ----------
@@ -492,19 +494,9 @@ def kinetic_log_accept_ratio(
     numpy.ndarray, shape (B,)
         ``-inf`` where not finite.
     """
+    # The leapfrog step of size eta is MALA's of size sqrt(2 eta_mala): the same ratio.
     eta = np.asarray(step_size, dtype=float)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        w = (x_new - x) / eta[..., None]
-        kick = np.einsum("ij,ij->i", metric.drift(grad_new), grad_new) - np.einsum(
-            "ij,ij->i", metric.drift(grad), grad
-        )
-        log_ratio = (
-            logp_new
-            - logp
-            - 0.5 * eta * np.einsum("ij,ij->i", w, grad + grad_new)
-            - 0.125 * eta**2 * kick
-        )
-    return np.where(np.isfinite(log_ratio), log_ratio, -np.inf)
+    return log_accept_ratio(logp, logp_new, x, x_new, grad, grad_new, 0.5 * eta**2, metric)
 
 
 def gap_noise(rng: np.random.Generator, fire: np.ndarray, d: int) -> np.ndarray:
