@@ -309,21 +309,6 @@ def small_model():
     return model
 
 
-def test_kinetic_steps_give_identical_draws_across_cores(small_model):
-    """cores=1 and cores=2 (spawned: the step is pickled) give the same draws and stats; the
-    chains differ; the velocity and friction are per chain."""
-    kw = dict(draws=30, tune=30, chains=2, random_seed=3, **SAMPLE_KW)
-    with small_model:
-        one = pm.sample(step=UnderdampedPoissonMidpoint(), cores=1, **kw)
-        two = pm.sample(step=UnderdampedPoissonMidpoint(), cores=2, mp_ctx="spawn", **kw)
-    for name in ("s", "z"):
-        a, b = one.posterior[name].values, two.posterior[name].values
-        np.testing.assert_array_equal(a, b)
-        assert not np.array_equal(a[0], a[1])
-    for stat in ("step_size", "n_steps", "n_midpoints", "friction", "energy_error"):
-        np.testing.assert_array_equal(one.sample_stats[stat].values, two.sample_stats[stat].values)
-
-
 @pytest.mark.parametrize("cls", [UnderdampedLangevin, UnderdampedPoissonMidpoint])
 def test_kinetic_step_samples_a_correlated_gaussian(cls):
     """Means within 0.15 sd and sds within 10 % on a 2-d Gaussian with correlation -0.99

@@ -14,7 +14,7 @@ from test_core import exact_stationary_variance
 
 from pmm_pymc.core import langevin_chain, pmm_step
 from pmm_pymc.mcmc.kernel import Metric, log_accept_ratio, pmm_stability_limit
-from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint
+from pmm_pymc.mcmc.steps import LangevinMC, PoissonMidpoint, UnderdampedPoissonMidpoint
 
 SAMPLE_KW = {"progressbar": False, "compute_convergence_checks": False}
 
@@ -122,20 +122,24 @@ def test_stationary_variance_on_a_pymc_model(normal_iid, cls, K):
 # --- PyMC integration --------------------------------------------------------------------------
 
 
-def test_cores_give_identical_draws_and_spawn_pickles(small_model):
+@pytest.mark.parametrize("cls", [PoissonMidpoint, UnderdampedPoissonMidpoint])
+def test_cores_give_identical_draws_and_spawn_pickles(small_model, cls):
     """cores=1 and cores=2 (spawned processes, so the step is pickled) give the same draws.
 
-    The chains must differ from one another (no shared noise).
+    The chains must differ from one another (no shared noise). The kinetic step carries a
+    velocity and a friction per chain: those must not leak between chains either.
     """
     kw = dict(draws=30, tune=30, chains=2, random_seed=7, **SAMPLE_KW)
     with small_model:
-        one = pm.sample(step=PoissonMidpoint(), cores=1, **kw)
-        two = pm.sample(step=PoissonMidpoint(), cores=2, mp_ctx="spawn", **kw)
+        one = pm.sample(step=cls(), cores=1, **kw)
+        two = pm.sample(step=cls(), cores=2, mp_ctx="spawn", **kw)
     for name in ("s", "z"):
         a, b = one.posterior[name].values, two.posterior[name].values
         np.testing.assert_array_equal(a, b)
         assert not np.array_equal(a[0], a[1])
-    for stat in ("step_size", "n_steps", "n_midpoints"):
+    stats = ["step_size", "n_steps", "n_midpoints", "energy_error"]
+    stats += ["friction"] if cls is UnderdampedPoissonMidpoint else []
+    for stat in stats:
         np.testing.assert_array_equal(one.sample_stats[stat].values, two.sample_stats[stat].values)
 
 
