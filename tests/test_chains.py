@@ -423,6 +423,8 @@ def test_default_K_is_the_step_default():
         ({"target_accept": True}, "target_accept must be a finite number"),
         ({"precondition": "full"}, "precondition must be 'auto', 'diag', 'dense' or None"),
         ({"backend": "jax"}, "backend must be one of 'numba', 'c'; got 'jax'"),
+        ({"blocks_per_draw": 0}, "blocks_per_draw must be an integer >= 1, got 0"),
+        ({"blocks_per_draw": 1.5}, "blocks_per_draw must be an integer >= 1, got 1.5"),
     ],
 )
 def test_bad_options_raise(gauss, kwargs, match):
@@ -575,3 +577,52 @@ def test_convergence_checks_warn_as_pm_sample_does(caplog):
             compute_convergence_checks=False,
         )
     assert "rhat" not in caplog.text
+
+
+@pytest.mark.parametrize("method", ["pmm", "lmc"])
+def test_blocks_per_draw_records_every_nth_state(gauss, method):
+    """``blocks_per_draw=n`` keeps every n-th state of the unthinned run, bit for bit.
+
+    Fixed step, nothing adapting, the same seed: the generator is consumed in the same
+    order, so the thinned draws are the unthinned draws n-1, 2n-1, ...; ``n_steps`` and
+    ``n_midpoints`` of a thinned draw are the sums over its n transitions.
+    """
+    n, m = 3, 20
+    kw = {
+        "chains": 5,
+        "tune": 0,
+        "method": method,
+        "step_size": 0.5,
+        "adapt_step_size": False,
+        "precondition": None,
+        "random_seed": 4,
+        "compute_convergence_checks": False,
+    }
+    one = sample_chains(gauss, draws=n * m, **kw)
+    thinned = sample_chains(gauss, draws=m, blocks_per_draw=n, **kw)
+    x1, xn = one.posterior["x"].values, thinned.posterior["x"].values
+    np.testing.assert_array_equal(xn, x1[:, n - 1 :: n])
+    for stat in ["n_steps"] + (["n_midpoints"] if method == "pmm" else []):
+        per_block = one.sample_stats[stat].values.reshape(5, m, n).sum(axis=2)
+        np.testing.assert_array_equal(thinned.sample_stats[stat].values, per_block)
+    assert (thinned.sample_stats["n_steps"].values >= n).all()
+
+
+def test_blocks_per_draw_lays_the_warmup_out_in_transitions(gauss, monkeypatch):
+    """The warm-up's windows are laid out for ``tune * n`` transitions and it is updated
+    after each of them."""
+    seen = {}
+    original = Warmup.reset
+
+    def reset(self, n_tune):
+        seen["n_tune"] = n_tune
+        original(self, n_tune)
+
+    def finish(self, _finish=Warmup.finish):
+        seen["iteration"] = self.iteration
+        return _finish(self)
+
+    monkeypatch.setattr(Warmup, "reset", reset)
+    monkeypatch.setattr(Warmup, "finish", finish)
+    sample_chains(gauss, chains=4, tune=50, draws=5, blocks_per_draw=4, random_seed=0)
+    assert seen == {"n_tune": 200, "iteration": 200}

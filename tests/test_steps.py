@@ -398,6 +398,9 @@ def test_adapted_step_size_and_preconditioner(precondition):
         ({"K": 0}, "K"),
         ({"K": 2.5}, "K"),
         ({"K": True}, "K"),
+        ({"blocks_per_draw": 0}, "blocks_per_draw"),
+        ({"blocks_per_draw": 2.0}, "blocks_per_draw"),
+        ({"blocks_per_draw": True}, "blocks_per_draw"),
     ],
 )
 def test_bad_options_raise_at_construction(small_model, kwargs, match):
@@ -421,3 +424,78 @@ def test_model_without_continuous_variables():
         pm.Poisson("n", 3.0)
     with pytest.raises(ValueError, match="continuous free variable"):
         LangevinMC(model=model)
+
+
+# --- thinning: several transitions per draw --------------------------------------------------
+
+
+@pytest.mark.parametrize(("cls", "n"), [(LangevinMC, 3), (PoissonMidpoint, 4)])
+def test_blocks_per_draw_records_every_nth_state(small_model, cls, n):
+    """``blocks_per_draw=n`` records every n-th state of the ``blocks_per_draw=1`` chain.
+
+    Fixed step, nothing adapting, the same generator: the random numbers are consumed in
+    the same order, so the thinned draws equal every n-th unthinned draw bit for bit, and
+    ``n_steps`` (``n_midpoints``) of a thinned draw is the sum over its n transitions.
+    """
+    kw = {"step_size": 0.2, "adapt_step_size": False, "precondition": None}
+    if cls is PoissonMidpoint:
+        kw["K"] = 3
+    point = small_model.initial_point()
+    m = 15
+    with small_model:
+        draws1, stats1 = _run_steps(cls(**kw), point, n * m, seed=5)
+        draws_n, stats_n = _run_steps(cls(blocks_per_draw=n, **kw), point, m, seed=5)
+    names = list(point)
+    for j in range(m):
+        for name in names:
+            np.testing.assert_array_equal(draws_n[j][name], draws1[(j + 1) * n - 1][name])
+        block = stats1[j * n : (j + 1) * n]
+        assert stats_n[j]["n_steps"] == sum(st["n_steps"] for st in block)
+        assert stats_n[j]["diverging"] == any(st["diverging"] for st in block)
+        # energy_error: of the first diverging transition, else of the last
+        reported = next((st for st in block if st["diverging"]), block[-1])
+        assert stats_n[j]["energy_error"] == reported["energy_error"]
+        if cls is PoissonMidpoint:
+            assert stats_n[j]["n_midpoints"] == sum(st["n_midpoints"] for st in block)
+    # the fixed step is not trivially static: the chain moved, and midpoints fired
+    assert not np.array_equal(draws_n[0]["z"], draws_n[-1]["z"])
+    if cls is PoissonMidpoint:
+        assert sum(st["n_midpoints"] for st in stats_n) > 0
+
+
+def test_blocks_per_draw_counts_the_warmup_in_transitions(small_model):
+    """With n blocks per draw the warm-up sees n updates per tuning draw and its windows are
+    laid out for ``tune * n`` transitions, so they end exactly when tuning ends."""
+    n, tune = 3, 60
+    with small_model:
+        step = PoissonMidpoint(blocks_per_draw=n)
+    step.setup_chain(np.random.default_rng(0), tune, 10)
+    assert step.warmup.n_tune == tune * n
+    assert step.warmup.windows[-1][1] <= tune * n
+    point = small_model.initial_point()
+    for _ in range(tune):
+        point, stats = step.step(point)
+    assert step.warmup.iteration == tune * n
+    step.stop_tuning()
+    _, stats = step.step(point)
+    assert stats[0]["tune"] is False and stats[0]["n_steps"] >= n
+
+
+def test_blocks_per_draw_in_pm_sample(small_model):
+    """Through pm.sample: the draws are the thinned chain and n_steps counts every block
+    (at least n gradients per kept draw: one proposal per transition)."""
+    n = 4
+    with small_model:
+        step = PoissonMidpoint(blocks_per_draw=n)
+        idata = pm.sample(
+            step=step,
+            tune=100,
+            draws=50,
+            chains=1,
+            random_seed=1,
+            **SAMPLE_KW,
+        )
+    n_steps = idata.sample_stats["n_steps"].values
+    assert n_steps.shape == (1, 50)
+    assert (n_steps >= n).all()
+    assert (idata.sample_stats["n_midpoints"].values <= n * (step.K - 1)).all()

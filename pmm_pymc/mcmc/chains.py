@@ -39,7 +39,14 @@ from pytensor.tensor.special import LogSumExp
 from xarray import DataTree
 
 from pmm_pymc._validate import check_bool, check_choice, check_int
-from pmm_pymc.mcmc.kernel import LangevinInfo, LangevinParams, LangevinState, draw, transition
+from pmm_pymc.mcmc.kernel import (
+    LangevinInfo,
+    LangevinParams,
+    LangevinState,
+    combine_info,
+    draw,
+    transition,
+)
 from pmm_pymc.mcmc.warmup import Warmup, check_precondition, check_step_options
 
 __all__ = ["BatchedLogpGrad", "DEFAULT_K", "sample_chains"]
@@ -376,6 +383,7 @@ def sample_chains(
     target_accept: float | None = None,
     max_energy_error: float = 1000.0,
     precondition: Literal["auto", "diag", "dense"] | None = "auto",
+    blocks_per_draw: int = 1,
     restart_stray_chains: bool = True,
     initvals: dict | None = None,
     jitter: bool = True,
@@ -429,6 +437,12 @@ def sample_chains(
         start, then from the draws and gradients of all chains in Stan's windows.
         ``"auto"``: ``"dense"`` up to 200 dimensions, ``"diag"`` above.
         ``None``: ``M = I``.
+    blocks_per_draw : int, default 1
+        Transitions per recorded draw (thinning), as for the per-chain steps: each
+        draw runs this many transitions of all chains and records the last state; the
+        warm-up's windows are counted in transitions (``tune * blocks_per_draw``); the
+        stats count the gradients of all transitions and combine the rest as
+        :func:`pmm_pymc.mcmc.kernel.combine_info` says.
     restart_stray_chains : bool, default True
         During warm-up, restart a chain whose log density stays far below that of
         the bulk of the chains (a spurious local mode, a start it cannot leave)
@@ -503,6 +517,7 @@ def sample_chains(
         backend,
     )
     check_precondition(precondition, 0)
+    blocks_per_draw = check_int("blocks_per_draw", blocks_per_draw, 1)
     restart_stray_chains = check_bool("restart_stray_chains", restart_stray_chains)
     discard_tuned_samples = check_bool("discard_tuned_samples", discard_tuned_samples)
     compute_convergence_checks = check_bool(
@@ -531,7 +546,7 @@ def sample_chains(
             restart_stray=restart_stray_chains,
             per_row_step=True,
         )
-        warmup.reset(tune)
+        warmup.reset(tune * blocks_per_draw)
         t_start = time.perf_counter()
         run = _run(
             logp_grad,
@@ -541,6 +556,7 @@ def sample_chains(
             draws=draws,
             tune=tune,
             K=K,
+            blocks_per_draw=blocks_per_draw,
             max_energy_error=float(max_energy_error),
             keep_tune=not discard_tuned_samples,
             progress=progress,
@@ -610,9 +626,14 @@ def _run(
     K: int,
     max_energy_error: float,
     keep_tune: bool,
+    blocks_per_draw: int = 1,
     progress: bool,
 ) -> _Run:
-    """The loop: transition, warm-up update, record. Stops early, keeping all, on Ctrl-C."""
+    """The loop: transitions and warm-up updates, record. Stops early, keeping all, on Ctrl-C.
+
+    Each of the ``tune + draws`` iterations runs ``blocks_per_draw`` transitions, each
+    followed by the warm-up update while tuning, and records the last state.
+    """
     C, n = state.x.shape
     first_kept = 0 if keep_tune else tune
     n_kept = tune + draws - first_kept
@@ -638,22 +659,25 @@ def _run(
         start_evals = warmup.start(state, logp_grad) if tune else 0
         for it in range(tune + draws):
             tuning = it < tune
-            params = LangevinParams(
-                warmup.step_size,
-                K,
-                warmup.metric,
-                max_energy_error,
-                adjust=tuning and warmup.adjusts,
-            )
-            state, info = transition(
-                logp_grad, draw(rng, K, C, n, adjust=params.adjust), state, params
-            )
             spent = start_evals if it == 0 else 0
-            if tuning:
-                state, refresh_evals = warmup.update(state, info, logp_grad)
-                spent += refresh_evals
-                if it + 1 == tune:
-                    problems = warmup.finish()
+            info = None
+            for _ in range(blocks_per_draw):
+                params = LangevinParams(
+                    warmup.step_size,
+                    K,
+                    warmup.metric,
+                    max_energy_error,
+                    adjust=tuning and warmup.adjusts,
+                )
+                state, block = transition(
+                    logp_grad, draw(rng, K, C, n, adjust=params.adjust), state, params
+                )
+                info = block if info is None else combine_info(info, block)
+                if tuning:
+                    state, refresh_evals = warmup.update(state, block, logp_grad)
+                    spent += refresh_evals
+            if tuning and it + 1 == tune:
+                problems = warmup.finish()
             if it >= first_kept:
                 _record(out_x, out, it - first_kept, state, info, params.step_size)
                 out["n_steps"][it - first_kept] += spent

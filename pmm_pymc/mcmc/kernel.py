@@ -45,6 +45,7 @@ __all__ = [
     "LangevinParams",
     "LangevinState",
     "Metric",
+    "combine_info",
     "draw",
     "gap_noise",
     "log_accept_ratio",
@@ -481,3 +482,42 @@ def transition(
         fallback=fallback,
     )
     return new_state, info
+
+
+def combine_info(earlier: LangevinInfo, later: LangevinInfo) -> LangevinInfo:
+    """What two consecutive transitions of the same rows did together, per row.
+
+    For a draw made of several transitions (``blocks_per_draw`` of the samplers): the
+    gradient counts (``n_midpoints``, ``n_steps``) add up; ``diverging``, ``moved`` and
+    ``fallback`` hold if they held in either; ``stiffness`` is the larger. The per-move
+    quantities (``accept_prob``, ``energy_error``, ``midpoint_finite``,
+    ``proposal_finite``) are those of the first diverging transition where a row
+    diverged (so a warning can say why), else those of ``later``.
+
+    Parameters
+    ----------
+    earlier, later : LangevinInfo
+        The infos of the transitions, in the order they ran (``earlier`` may itself be
+        combined).
+
+    Returns
+    -------
+    LangevinInfo
+    """
+    first = earlier.diverging
+
+    def pick(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.where(first, a, b)
+
+    return LangevinInfo(
+        accept_prob=pick(earlier.accept_prob, later.accept_prob),
+        energy_error=pick(earlier.energy_error, later.energy_error),
+        diverging=earlier.diverging | later.diverging,
+        moved=earlier.moved | later.moved,
+        midpoint_finite=pick(earlier.midpoint_finite, later.midpoint_finite),
+        proposal_finite=pick(earlier.proposal_finite, later.proposal_finite),
+        n_midpoints=earlier.n_midpoints + later.n_midpoints,
+        n_steps=earlier.n_steps + later.n_steps,
+        stiffness=np.maximum(earlier.stiffness, later.stiffness),
+        fallback=earlier.fallback | later.fallback,
+    )

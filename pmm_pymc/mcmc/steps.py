@@ -12,7 +12,8 @@ Conventions (``docs/method.md`` has the derivation)::
     drift  b(x) = M^{-1} grad logp(x)
     LMC    x'   = x + eta b(x) + sqrt(2 eta) M^{-1/2} xi
 
-Random numbers, per draw and in this order, from the step's
+Random numbers, per transition and in this order (``blocks_per_draw`` transitions per
+draw, one after the other), from the step's
 :class:`numpy.random.Generator` (:func:`pmm_pymc.mcmc.kernel.draw` with ``B = 1``): for
 ``K > 1``, ``U = rng.random((K - 1, 1))`` with midpoint ``i`` firing when ``U[i - 1] < 1/K``;
 ``Z = rng.standard_normal((K, 1, d))`` (the sub-step noise, scaled to ``M^{-1/2} Z``); while
@@ -36,7 +37,14 @@ from pymc.util import RandomGenerator, get_value_vars_from_user_vars
 from pymc.vartypes import discrete_types
 
 from pmm_pymc._validate import check_int
-from pmm_pymc.mcmc.kernel import LangevinInfo, LangevinParams, LangevinState, draw, transition
+from pmm_pymc.mcmc.kernel import (
+    LangevinInfo,
+    LangevinParams,
+    LangevinState,
+    combine_info,
+    draw,
+    transition,
+)
 from pmm_pymc.mcmc.warmup import (
     DENSE_MAX_DIM,
     Warmup,
@@ -91,6 +99,7 @@ class _LangevinStep(GradientSharedStep):
         target_accept: float | None = None,
         max_energy_error: float = 1000.0,
         precondition: Literal["auto", "diag", "dense"] | None = "auto",
+        blocks_per_draw: int = 1,
         model: Model | None = None,
         blocked: bool = True,
         rng: RandomGenerator = None,
@@ -102,6 +111,7 @@ class _LangevinStep(GradientSharedStep):
             step_size, adapt_step_size, target_accept, max_energy_error, self.name
         )
         check_precondition(precondition, 0)
+        self.blocks_per_draw = check_int("blocks_per_draw", blocks_per_draw, 1)
 
         self._model = modelcontext(model)
         if vars is None:
@@ -173,8 +183,12 @@ class _LangevinStep(GradientSharedStep):
         return Competence.INCOMPATIBLE
 
     def reset_tuning(self, start: PointType | None = None) -> None:
-        """Restart the warm-up and forget the cached point."""
-        self.warmup.reset(self.n_tune)
+        """Restart the warm-up and forget the cached point.
+
+        The warm-up's windows are counted in transitions: ``n_tune`` tuning draws of
+        ``blocks_per_draw`` transitions each.
+        """
+        self.warmup.reset(self.n_tune * self.blocks_per_draw)
         self.iter_count = 0
         self._pending_warnings: list[str] = []
         self._invalidate_cache()
@@ -223,7 +237,8 @@ class _LangevinStep(GradientSharedStep):
         return out, stats
 
     def astep(self, q0: RaveledVars | np.ndarray) -> tuple[np.ndarray, StatsType]:
-        """One transition from the raveled point ``q0``: transition, warm-up update, stats."""
+        """One draw from the raveled point ``q0``: ``blocks_per_draw`` transitions (each
+        followed by the warm-up update while tuning), the last state recorded, and stats."""
         x = q0.data if isinstance(q0, RaveledVars) else q0
         n_steps = 0
         if self._x is None or (x is not self._x and not np.array_equal(x, self._x)):
@@ -236,18 +251,21 @@ class _LangevinStep(GradientSharedStep):
         warmup = self.warmup
         if self.tune and not warmup.started:
             n_steps += warmup.start(state, self._logp_grad_rows)
-        params = LangevinParams(
-            warmup.step_size,
-            self._K,
-            warmup.metric,
-            self.max_energy_error,
-            adjust=self.tune and warmup.adjusts,
-        )
-        draws = draw(self.rng, self._K, 1, self._n_dim, adjust=params.adjust, gap=False)
-        state, info = transition(self._logp_grad_rows, draws, state, params)
-        if self.tune:
-            state, spent = warmup.update(state, info, self._logp_grad_rows)
-            n_steps += spent
+        info = None
+        for _ in range(self.blocks_per_draw):
+            params = LangevinParams(
+                warmup.step_size,
+                self._K,
+                warmup.metric,
+                self.max_energy_error,
+                adjust=self.tune and warmup.adjusts,
+            )
+            draws = draw(self.rng, self._K, 1, self._n_dim, adjust=params.adjust, gap=False)
+            state, block = transition(self._logp_grad_rows, draws, state, params)
+            info = block if info is None else combine_info(info, block)
+            if self.tune:
+                state, spent = warmup.update(state, block, self._logp_grad_rows)
+                n_steps += spent
         if info.moved[0]:
             self._x, self._logp, self._grad = state.x[0], float(state.logp[0]), state.grad[0]
         self.iter_count += 1
@@ -256,7 +274,7 @@ class _LangevinStep(GradientSharedStep):
     # --- internals -----------------------------------------------------------------------------
 
     def _stats(self, step_size: float, n_steps: int, info: LangevinInfo) -> dict[str, Any]:
-        """The draw's sampler stats from the transition's info."""
+        """The draw's sampler stats from its transitions' combined info (:func:`combine_info`)."""
         diverging = bool(info.diverging[0])
         warning = None
         if diverging:
@@ -372,6 +390,16 @@ class LangevinMC(_LangevinStep):
         per draw instead of ``O(d^2)``. ``"auto"``: ``"dense"`` up to :data:`DENSE_MAX_DIM`
         dimensions, ``"diag"`` above. ``None``: ``M = I``. The resolved kind is the
         attribute ``precondition``.
+    blocks_per_draw : int, default 1
+        Transitions per recorded draw (thinning): each draw runs this many transitions
+        and records the last state, so ``pm.sample``'s per-draw cost (trace, point
+        function, stats) is paid once per ``blocks_per_draw`` transitions. While tuning,
+        each transition updates the warm-up, whose windows are counted in transitions
+        (``tune * blocks_per_draw``). The stats count the gradients of all transitions
+        (``n_steps``, ``n_midpoints``); ``diverging`` and ``lmc_fallback`` hold if they
+        held in any; ``energy_error`` is that of the first diverging transition, else of
+        the last one; ``step_size`` is the last one's
+        (:func:`pmm_pymc.mcmc.kernel.combine_info`).
     model, blocked, rng, initial_point, compile_kwargs
         As for every PyMC gradient-based step (see :class:`pymc.NUTS`).
 
@@ -407,7 +435,9 @@ class PoissonMidpoint(_LangevinStep):
         K=8, 1.1111 for LMC) against the mean-square stability limit
         (``eta L < 1.52`` for K=4, 1.35 for K=8, 2 for LMC); see
         ``docs/method.md``.
-    adapt_step_size, target_accept, precondition, model, blocked, rng, initial_point, compile_kwargs
+    adapt_step_size, target_accept, precondition, blocks_per_draw
+        As for :class:`LangevinMC`.
+    model, blocked, rng, initial_point, compile_kwargs
         As for :class:`LangevinMC`.
     """
 
