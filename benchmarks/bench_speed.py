@@ -12,7 +12,11 @@ Prints markdown tables:
    10-dimensional bimodal (non-log-concave) target: gradient evaluations per
    second (warm-up included, compilation excluded), bulk ESS per second, and
    the error of the posterior means and variances against the exact ones.
-3. ``scaling``: the cost of one ``sample_chains`` iteration and of the bare
+3. ``thinning``: wall time per gradient of PoissonMidpoint inside ``pm.sample`` at
+   ``blocks_per_draw`` = 1, 4, 8 beside NUTS's, in one run on the same model: a
+   10-parameter linear regression with 300 observations and the bundled
+   ``kidscore_momiq`` posterior (issue 8, item 4).
+4. ``scaling``: the cost of one ``sample_chains`` iteration and of the bare
    batched gradient call for d = 10, 100, 1000 and C = 1 ... 1024.
 
 Every number is the median of ``--repeats`` runs (min and max beside it where
@@ -319,6 +323,78 @@ def _breakdown_row(d: int, quick: bool) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
+# 1b. Thinning: blocks_per_draw against pm.sample's per-draw cost
+# ------------------------------------------------------------------------------------------------
+
+THINNING_BLOCKS = (1, 4, 8)
+
+
+def regression_model(n_obs: int = 300, n_coef: int = 8, seed: int = 0) -> pm.Model:
+    """A linear regression with ``n_coef`` slopes, an intercept and a noise scale
+    (``n_coef + 2`` parameters) on ``n_obs`` simulated observations."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_obs, n_coef))
+    y = 1.0 + X @ rng.normal(size=n_coef) + rng.normal(scale=0.5, size=n_obs)
+    with pm.Model() as model:
+        alpha = pm.Normal("alpha", 0.0, 10.0)
+        beta = pm.Normal("beta", 0.0, 10.0, shape=n_coef)
+        sigma = pm.HalfNormal("sigma", 5.0)
+        pm.Normal("y", alpha + pm.math.dot(X, beta), sigma, observed=y)
+    return model
+
+
+def bench_thinning(repeats: int, quick: bool) -> None:
+    from pmm_pymc.evaluation.posteriors import load_model
+
+    tune, draws = (100, 300) if quick else (500, 2000)
+    print("## 1b. Thinning: PoissonMidpoint with several blocks per draw against NUTS\n")
+    print(
+        "Wall time per gradient evaluation of the kept draws in pm.sample (one chain, one "
+        f"core, default settings otherwise), tune={tune}, kept draws={draws} / "
+        "blocks_per_draw (so each run makes about the same number of gradients); median of "
+        f"{repeats} runs, all configurations of a model in one process, interleaved. "
+        "`PMM b=n / NUTS` is the target ratio (<= 1).\n"
+    )
+    header = ["model (d)", "bare call µs", "NUTS µs/grad"]
+    header += [f"PMM b={b} µs/grad" for b in THINNING_BLOCKS]
+    header += [f"PMM b={b} / NUTS" for b in THINNING_BLOCKS]
+    header += [f"LMC b={b} µs/grad" for b in (1, THINNING_BLOCKS[-1])]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    models = {
+        "regression, 300 obs": regression_model(),
+        "kidscore_momiq": load_model("kidscore_momiq"),
+    }
+    for label, model in models.items():
+        rows: dict[str, list[float]] = {}
+        for r in range(repeats):
+            with model:
+                nuts = pm.NUTS()
+            rows.setdefault("nuts", []).append(_timed_pm_sample(model, nuts, tune, draws, r))
+            for b in THINNING_BLOCKS:
+                with model:
+                    pmm = PoissonMidpoint(blocks_per_draw=b)
+                n_kept = max(draws // b, 100)
+                rows.setdefault(f"pmm{b}", []).append(_timed_pm_sample(model, pmm, tune, n_kept, r))
+            for b in (1, THINNING_BLOCKS[-1]):
+                with model:
+                    lmc = LangevinMC(blocks_per_draw=b)
+                n_kept = max(draws // b, 100)
+                rows.setdefault(f"lmc{b}", []).append(_timed_pm_sample(model, lmc, tune, n_kept, r))
+            fn = pmm._logp_dlogp_func._pytensor_function
+            x = np.asarray(pmm._x)
+            rows.setdefault("bare", []).append(per_call_seconds(lambda fn=fn, x=x: fn(x)))
+            print(f"  ({label}: repeat {r + 1} of {repeats} done)", flush=True)
+        med = {k: statistics.median(v) * 1e6 for k, v in rows.items()}
+        cells = [f"{label} ({pmm._n_dim})", fmt(med["bare"]), fmt(med["nuts"])]
+        cells += [fmt(med[f"pmm{b}"]) for b in THINNING_BLOCKS]
+        cells += [f"{med[f'pmm{b}'] / med['nuts']:.2f}" for b in THINNING_BLOCKS]
+        cells += [fmt(med[f"lmc{b}"]) for b in (1, THINNING_BLOCKS[-1])]
+        print("| " + " | ".join(cells) + " |")
+    print()
+
+
+# ------------------------------------------------------------------------------------------------
 # 2. Throughput: many chains against pm.sample and nutpie on 2 cores
 # ------------------------------------------------------------------------------------------------
 
@@ -614,8 +690,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sections",
         nargs="+",
-        default=["overhead", "throughput", "scaling", "backends", "threads"],
-        choices=["overhead", "throughput", "scaling", "backends", "threads"],
+        default=["overhead", "thinning", "throughput", "scaling", "backends", "threads"],
+        choices=["overhead", "thinning", "throughput", "scaling", "backends", "threads"],
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
@@ -637,6 +713,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     if "overhead" in args.sections:
         bench_overhead([10] if args.quick else [10, 1000], args.repeats, args.quick)
+    if "thinning" in args.sections:
+        bench_thinning(args.repeats, args.quick)
     if "throughput" in args.sections:
         bench_throughput(args.repeats, args.quick, not args.no_install, args.chains)
     if "scaling" in args.sections:

@@ -43,6 +43,7 @@ from pmm_pymc.mcmc.kernel import (
     LangevinState,
     combine_info,
     draw,
+    pmm_stability_limit,
     transition,
 )
 from pmm_pymc.mcmc.warmup import (
@@ -65,6 +66,7 @@ class LangevinStepState(StepMethodState):
     tune: bool
     iter_count: int
     warmup: WarmupState
+    bulk_reported: bool
 
 
 class _LangevinStep(GradientSharedStep):
@@ -87,6 +89,7 @@ class _LangevinStep(GradientSharedStep):
         "energy_error": (np.float64, []),
         "model_logp": (np.float64, []),
         "tune": (bool, []),
+        "left_bulk": (bool, []),
         "warning": (SamplerWarning, None),
     }
 
@@ -163,6 +166,7 @@ class _LangevinStep(GradientSharedStep):
             adapt_step_size=self.adapt_step_size,
             target_accept=self.target_accept,
             precondition=self.precondition,
+            stability_limit=pmm_stability_limit(self._K),
         )
         self.n_tune = _DEFAULT_TUNE
         self.tune = True
@@ -190,6 +194,7 @@ class _LangevinStep(GradientSharedStep):
         """
         self.warmup.reset(self.n_tune * self.blocks_per_draw)
         self.iter_count = 0
+        self.bulk_reported = False
         self._pending_warnings: list[str] = []
         self._invalidate_cache()
 
@@ -269,15 +274,34 @@ class _LangevinStep(GradientSharedStep):
         if info.moved[0]:
             self._x, self._logp, self._grad = state.x[0], float(state.logp[0]), state.grad[0]
         self.iter_count += 1
-        return self._x, [self._stats(params.step_size, n_steps + int(info.n_steps[0]), info)]
+        left_bulk = False if self.tune else bool(warmup.watch(state.logp)[0])
+        stats = self._stats(params.step_size, n_steps + int(info.n_steps[0]), info, left_bulk)
+        return self._x, [stats]
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _stats(self, step_size: float, n_steps: int, info: LangevinInfo) -> dict[str, Any]:
+    def _stats(
+        self, step_size: float, n_steps: int, info: LangevinInfo, left_bulk: bool
+    ) -> dict[str, Any]:
         """The draw's sampler stats from its transitions' combined info (:func:`combine_info`)."""
         diverging = bool(info.diverging[0])
         warning = None
-        if diverging:
+        if left_bulk and not self.bulk_reported:
+            self.bulk_reported = True
+            warning = SamplerWarning(
+                WarningType.BAD_ENERGY,
+                f"{self.name}: the chain left the bulk of the posterior during sampling at draw "
+                f"{self.iter_count - self.n_tune - 1}: the moving average of its log density "
+                f"({float(self.warmup.lp_trace[0]):.6g}) fell below {self.warmup.bulk_floor:.6g}, "
+                "far below the levels of the end of warm-up (a factor e^10 or more in density; "
+                f"{'with' if diverging else 'without'} a divergence at that draw). The step size "
+                f"({step_size:.4g}) is probably outside the sampler's stability region there: "
+                "rerun with a higher target_accept or a smaller step_size, or use NUTS. Per "
+                "draw: sample_stats['left_bulk'].",
+                "warn",
+                self.iter_count - 1,
+            )
+        elif diverging:
             if not info.midpoint_finite[0]:
                 why = "a non-finite log density or gradient at a fired midpoint"
             elif not info.proposal_finite[0]:
@@ -303,6 +327,7 @@ class _LangevinStep(GradientSharedStep):
             "energy_error": float(info.energy_error[0]),
             "model_logp": self._logp,
             "tune": self.tune,
+            "left_bulk": left_bulk,
             "warning": warning,
         }
         if self._reports_midpoints:

@@ -26,6 +26,13 @@ The schedule (``docs/method.md`` has the reasons and the measurements):
 * **Stray rows** (many chains only, ``restart_stray=True``): at the end of the initial
   interval and of each slow window, a row whose recent log density lies far below the bulk
   of the rows is restarted from a row in the bulk (:func:`stray_rows`).
+* **Stability cap**: with ``stability_limit`` given, :meth:`Warmup.finish` caps the final
+  step so that ``eta L`` stays below :data:`STABILITY_SAFETY` times that limit, ``L`` the
+  largest secant curvature of the preconditioned drift seen since the last preconditioner
+  update (over the moves and the fired midpoints).
+* **Leaving the bulk**: :meth:`Warmup.finish` also sets a floor for the log density, the
+  stray-row rule (:func:`stray_threshold`) below the level of the last interval's draws;
+  :meth:`Warmup.watch` says during sampling which rows' moving average fell below it.
 * **Checks**: :meth:`Warmup.finish` says when the step size ended orders of magnitude
   below its start, or the would-be acceptance is near zero on some rows.
 """
@@ -47,6 +54,7 @@ __all__ = [
     "DEFAULT_TARGET_ACCEPT",
     "DENSE_MAX_DIM",
     "PRECONDITION_KINDS",
+    "STABILITY_SAFETY",
     "Warmup",
     "WarmupState",
     "adaptation_windows",
@@ -57,6 +65,7 @@ __all__ = [
     "fisher_estimate",
     "initial_step_size",
     "stray_rows",
+    "stray_threshold",
 ]
 
 DEFAULT_TARGET_ACCEPT: dict[str, float] = {"lmc": 0.9, "pmm": 0.9}
@@ -75,6 +84,9 @@ COLLAPSE_FACTOR = 1e-2
 
 STUCK_ACCEPT = 0.05
 """:meth:`Warmup.finish` warns about rows whose recent would-be acceptance is below this."""
+
+STABILITY_SAFETY = 0.5
+"""The final step size keeps ``eta L`` below this fraction of the sampler's stability limit."""
 
 MIN_ROWS_FOR_RESTART = 8
 """Stray rows are looked for only with at least this many rows (a bulk to compare with)."""
@@ -418,11 +430,34 @@ def stray_rows(lp_trace: np.ndarray, n_dim: int) -> np.ndarray:
     finite = np.isfinite(lp_trace)
     if finite.sum() < MIN_ROWS_FOR_RESTART:
         return np.zeros(lp_trace.shape, dtype=bool)
-    values = lp_trace[finite]
+    level, spread = _bulk_level(lp_trace[finite])
+    return ~finite | (lp_trace < level - stray_threshold(n_dim, spread))
+
+
+def stray_threshold(n_dim: int, spread: float) -> float:
+    """How far below the bulk's log density a row is stray: ``6 sqrt(d/2) + 10 + 8 s``.
+
+    ``sqrt(d/2)`` is the standard deviation of the log density of a ``d``-dimensional
+    Gaussian, so a row in the same typical set is never that far below; ``s`` is the
+    bulk's own spread (:func:`stray_rows`).
+
+    Parameters
+    ----------
+    n_dim : int
+    spread : float
+
+    Returns
+    -------
+    float
+    """
+    return 6.0 * math.sqrt(n_dim / 2.0) + 10.0 + 8.0 * spread
+
+
+def _bulk_level(values: np.ndarray) -> tuple[float, float]:
+    """The 90th percentile of finite log densities and the scaled MAD of their top quarter."""
     top = np.sort(values)[-max(2, values.size // 4) :]
     spread = 1.4826 * float(np.median(np.abs(top - np.median(top))))
-    threshold = 6.0 * math.sqrt(n_dim / 2.0) + 10.0 + 8.0 * spread
-    return ~finite | (lp_trace < float(np.quantile(values, 0.9)) - threshold)
+    return float(np.quantile(values, 0.9)), spread
 
 
 # ------------------------------------------------------------------------------------------------
@@ -449,6 +484,12 @@ class WarmupState(DataClassState):
     accept_trace: np.ndarray | None
     n_restarts: np.ndarray | None
     late_restarts: int
+    last_x: np.ndarray | None
+    last_grad: np.ndarray | None
+    move_curvature: np.ndarray | None
+    recent_lp: list
+    stability_cap: float | None
+    bulk_floor: float | None
 
 
 class Warmup(WithSamplingState):
@@ -474,6 +515,12 @@ class Warmup(WithSamplingState):
         :class:`~pymc.step_methods.step_sizes.DualAverageAdaptation` works elementwise),
         instead of one for all rows fed their mean acceptance. Rows in different regions
         (a far start, a funnel's neck) then do not drag each other's step size.
+    stability_limit : float, optional
+        The largest ``eta L`` at which the sampler is stable on a Gaussian of curvature
+        ``L`` (:func:`pmm_pymc.mcmc.kernel.pmm_stability_limit`; 2 for LMC). Given, the
+        final adapted step is capped at ``STABILITY_SAFETY * stability_limit / L`` with
+        ``L`` the largest curvature seen since the last preconditioner update
+        (:attr:`move_curvature`). ``None``: no cap.
 
     Notes
     -----
@@ -492,6 +539,17 @@ class Warmup(WithSamplingState):
     late_restarts : int
         Restarts at the end of the last slow window: rows still stray after most of the
         warm-up (a spurious mode, rather than a far start or a slow transient).
+    move_curvature : numpy.ndarray, shape (B,), or None
+        Per row, the largest secant estimate ``||M^{1/2} (b' - b)|| / ||M^{1/2} (x' - x)||``
+        of the preconditioned drift's Lipschitz constant over the accepted moves and the
+        fired midpoints (:attr:`pmm_pymc.mcmc.kernel.LangevinInfo.stiffness`) since the
+        last preconditioner update.
+    stability_cap : float or None
+        The cap :meth:`finish` put on the step size (``None`` before, or without
+        ``stability_limit``).
+    bulk_floor : float or None
+        After :meth:`finish`: the log density below which a row's moving average has left
+        the bulk (:meth:`watch`); ``None`` with too few draws to tell.
     """
 
     _state_class = WarmupState
@@ -506,6 +564,7 @@ class Warmup(WithSamplingState):
         precondition: str | None,
         restart_stray: bool = False,
         per_row_step: bool = False,
+        stability_limit: float | None = None,
     ) -> None:
         self.n_dim = int(n_dim)
         self.per_row_step = bool(per_row_step)
@@ -514,6 +573,7 @@ class Warmup(WithSamplingState):
         self.target_accept = float(target_accept)
         self.kind = precondition
         self.restart_stray = bool(restart_stray)
+        self.stability_limit = None if stability_limit is None else float(stability_limit)
         self.reset(0)
 
     @property
@@ -536,6 +596,10 @@ class Warmup(WithSamplingState):
         self.step_adapt = self._dual_averaging(self.first_step)
         self.lp_trace = self.accept_trace = self.n_restarts = None
         self.late_restarts = 0
+        self.last_x = self.last_grad = self.move_curvature = None
+        self.recent_lp = []
+        self.bulk_floor = None
+        self.stability_cap = None
         self._restart_window()
 
     def start(self, state: LangevinState, logp_grad: LogpGrad) -> int:
@@ -554,6 +618,7 @@ class Warmup(WithSamplingState):
             Gradient evaluations spent per row (0 without a preconditioner).
         """
         self.started = True
+        self.last_x, self.last_grad = state.x, state.grad
         if self.per_row_step:
             self.step_size = np.full(state.x.shape[0], float(np.mean(self.step_size)))
             self.step_adapt = self._dual_averaging(self.step_size)
@@ -572,6 +637,9 @@ class Warmup(WithSamplingState):
         return math.ceil(n_evals * rows.shape[0] / state.x.shape[0])
 
     def _restart_step_size(self) -> None:
+        # The curvature and log density of the new preconditioner's interval start afresh.
+        self.move_curvature = None
+        self.recent_lp = []
         if self.adapt_step_size:
             # New preconditioner: the step size learnt for the old one is stale; restart
             # dual averaging from it (Stan's windowed adaptation does the same).
@@ -603,6 +671,7 @@ class Warmup(WithSamplingState):
         it = self.iteration
         self.iteration += 1
         B = state.x.shape[0]
+        self._record_curvature(state, info)
         if self.lp_trace is None or self.lp_trace.shape[0] != B:
             self.lp_trace = np.array(state.logp, dtype=float)
             self.accept_trace = np.array(info.accept_prob, dtype=float)
@@ -636,6 +705,8 @@ class Warmup(WithSamplingState):
                         pass
             self._restart_window()
             self._restart_step_size()
+        self.last_x, self.last_grad = state.x, state.grad
+        self.recent_lp.append(np.array(state.logp, dtype=float))
         return state, n_evals
 
     def finish(self) -> list[str]:
@@ -649,6 +720,8 @@ class Warmup(WithSamplingState):
         """
         if self.adapt_step_size:
             self.step_size = self._current_step(tune=False)
+            self._cap_step_size()
+        self.bulk_floor = self._bulk_floor()
         problems = []
         cause = (
             "The likely cause is a boundary the unadjusted Langevin step cannot approach "
@@ -677,7 +750,74 @@ class Warmup(WithSamplingState):
                 )
         return problems
 
+    def watch(self, logp: np.ndarray) -> np.ndarray:
+        """During sampling: which rows have left the bulk, from their log density after a draw.
+
+        Each row's moving average of the log density (the one the warm-up kept) is
+        updated with ``logp``; a row whose average is below :attr:`bulk_floor` has left
+        the bulk: it sits where the density is lower by a factor ``e^10`` or more than
+        anywhere in the typical set of the end of warm-up (the stray-row rule,
+        :func:`stray_threshold`), a chain thrown out by a step outside its stability
+        region, with or without divergences.
+
+        Parameters
+        ----------
+        logp : numpy.ndarray, shape (B,)
+
+        Returns
+        -------
+        numpy.ndarray of bool, shape (B,)
+        """
+        logp = np.asarray(logp, dtype=float)
+        if self.lp_trace is None or self.lp_trace.shape != logp.shape:
+            self.lp_trace = logp.copy()
+        else:
+            self.lp_trace += _TRACE_RATE * (logp - self.lp_trace)
+        if self.bulk_floor is None:
+            return np.zeros(logp.shape, dtype=bool)
+        return ~np.isfinite(self.lp_trace) | (self.lp_trace < self.bulk_floor)
+
     # --- internals -----------------------------------------------------------------------------
+
+    def _record_curvature(self, state: LangevinState, info: LangevinInfo) -> None:
+        """The largest secant curvature of the moves (from :attr:`last_x`) and midpoints."""
+        if self.last_x is None or self.last_x.shape != state.x.shape:
+            return
+        metric = self.metric  # the transition's: updated later in this call, if at all
+        with np.errstate(all="ignore"):
+            num = metric.norm_sq(metric.drift(state.grad - self.last_grad))
+            den = metric.norm_sq(state.x - self.last_x)
+            secant = np.where(info.moved & (den > 0), np.sqrt(num / den), 0.0)
+        seen = np.fmax(np.nan_to_num(secant, nan=0.0), info.stiffness)
+        if self.move_curvature is None:
+            self.move_curvature = seen
+        else:
+            self.move_curvature = np.fmax(self.move_curvature, seen)
+
+    def _cap_step_size(self) -> None:
+        """Keep ``eta L`` within :data:`STABILITY_SAFETY` of the stability limit."""
+        if self.stability_limit is None or self.move_curvature is None:
+            return
+        curvature = float(np.max(self.move_curvature))
+        if not (np.isfinite(curvature) and curvature > 0):
+            return
+        self.stability_cap = STABILITY_SAFETY * self.stability_limit / curvature
+        if self.per_row_step:
+            self.step_size = np.minimum(self.step_size, self.stability_cap)
+        else:
+            self.step_size = min(float(self.step_size), self.stability_cap)
+
+    def _bulk_floor(self) -> float | None:
+        """The stray-row rule's floor below the log density of the last interval's draws."""
+        if not self.recent_lp:
+            return None
+        values = np.concatenate(self.recent_lp)
+        values = values[np.isfinite(values)]
+        if values.size < MIN_ROWS_FOR_RESTART:
+            return None
+        level, spread = _bulk_level(values)
+        return level - stray_threshold(self.n_dim, spread)
+
 
     def _dual_averaging(self, initial_step: float | np.ndarray) -> DualAverageAdaptation:
         """PyMC's NUTS step-size adaptation (same constants), started at ``initial_step``."""
