@@ -45,6 +45,7 @@ from pmm_pymc.mcmc.kernel import (
     LangevinState,
     combine_info,
     draw,
+    pmm_stability_limit,
     transition,
 )
 from pmm_pymc.mcmc.warmup import Warmup, check_precondition, check_step_options
@@ -481,7 +482,7 @@ def sample_chains(
         The layout of ``pm.sample``'s: ``posterior`` (constrained values and
         deterministics, dims ``chain``, ``draw`` and the model's), and
         ``sample_stats`` with the stats of the per-chain steps (``step_size``,
-        ``n_steps``, ``diverging``, ``energy_error``, ``lp``, and for PMM
+        ``n_steps``, ``diverging``, ``energy_error``, ``lp``, ``left_bulk``, and for PMM
         ``n_midpoints`` and ``lmc_fallback``) and ``warmup_restarts`` (dims
         ``chain``: how often each chain was restarted during warm-up), plus
         ``observed_data`` and ``constant_data`` where the model has them.
@@ -545,6 +546,7 @@ def sample_chains(
             precondition=check_precondition(precondition, n),
             restart_stray=restart_stray_chains,
             per_row_step=True,
+            stability_limit=pmm_stability_limit(K),
         )
         warmup.reset(tune * blocks_per_draw)
         t_start = time.perf_counter()
@@ -607,6 +609,16 @@ def sample_chains(
         )
         (messages if late else notes).append(text)
     messages += run.problems
+    left = run.stats["left_bulk"][n_warmup:].any(axis=0)
+    if left.any():
+        messages.append(
+            f"{int(left.sum())} of {chains} chains left the bulk of the posterior during "
+            "sampling: the moving average of their log density fell more than the stray-chain "
+            "margin below the level of the end of warm-up. The step size is probably outside "
+            "the sampler's stability region there: rerun with a higher target_accept or a "
+            "smaller step_size, or use NUTS. Per draw: sample_stats['left_bulk']; chains: "
+            f"{np.flatnonzero(left).tolist()[:20]}."
+        )
     warns = [SamplerWarning(WarningType.BAD_PARAMS, m, "info") for m in notes]
     warns += [SamplerWarning(WarningType.BAD_PARAMS, m, "warn") for m in messages]
     if compute_convergence_checks and run.n_recorded > n_warmup:
@@ -646,6 +658,7 @@ def _run(
         "energy_error": np.empty((n_kept, C)),
         "model_logp": np.empty((n_kept, C)),
         "lmc_fallback": np.empty((n_kept, C), dtype=bool),
+        "left_bulk": np.zeros((n_kept, C), dtype=bool),
     }
     bar = None
     if progress:
@@ -681,6 +694,8 @@ def _run(
             if it >= first_kept:
                 _record(out_x, out, it - first_kept, state, info, params.step_size)
                 out["n_steps"][it - first_kept] += spent
+                if not tuning:
+                    out["left_bulk"][it - first_kept] = warmup.watch(state.logp)
             if bar is not None:
                 bar.update()
         it += 1
