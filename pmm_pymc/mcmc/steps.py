@@ -433,6 +433,13 @@ class LangevinMC(_LangevinStep):
     With ``step_size`` given, ``adapt_step_size=False`` and
     ``precondition=None`` the step is exactly the update above and nothing
     adapts.
+
+    An adapted step is capped when tuning ends so that ``eta L`` stays within half the
+    step's stability limit at the largest curvature the warm-up saw
+    (:attr:`pmm_pymc.mcmc.warmup.Warmup.stability_cap`). During sampling the stat
+    ``left_bulk`` says when the chain's recent log density has fallen far below the levels
+    of the end of warm-up (:meth:`pmm_pymc.mcmc.warmup.Warmup.watch`); the first such draw
+    of a chain carries a ``SamplerWarning``.
     """
 
     name = "lmc"

@@ -818,7 +818,6 @@ class Warmup(WithSamplingState):
         level, spread = _bulk_level(values)
         return level - stray_threshold(self.n_dim, spread)
 
-
     def _dual_averaging(self, initial_step: float | np.ndarray) -> DualAverageAdaptation:
         """PyMC's NUTS step-size adaptation (same constants), started at ``initial_step``."""
         return DualAverageAdaptation(initial_step, self.target_accept, 0.05, 0.75, 10)
