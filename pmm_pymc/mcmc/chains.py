@@ -673,7 +673,7 @@ def _run(
         for it in range(tune + draws):
             tuning = it < tune
             spent = start_evals if it == 0 else 0
-            info = None
+            blocks = []
             for _ in range(blocks_per_draw):
                 params = LangevinParams(
                     warmup.step_size,
@@ -685,10 +685,11 @@ def _run(
                 state, block = transition(
                     logp_grad, draw(rng, K, C, n, adjust=params.adjust), state, params
                 )
-                info = block if info is None else combine_info(info, block)
+                blocks.append(block)
                 if tuning:
                     state, refresh_evals = warmup.update(state, block, logp_grad)
                     spent += refresh_evals
+            info = combine_info(blocks)
             if tuning and it + 1 == tune:
                 problems = warmup.finish()
             if it >= first_kept:

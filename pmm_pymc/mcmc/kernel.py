@@ -32,7 +32,7 @@ uniforms for the acceptance.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -484,40 +484,47 @@ def transition(
     return new_state, info
 
 
-def combine_info(earlier: LangevinInfo, later: LangevinInfo) -> LangevinInfo:
-    """What two consecutive transitions of the same rows did together, per row.
+def combine_info(infos: Sequence[LangevinInfo]) -> LangevinInfo:
+    """What consecutive transitions of the same rows did together, per row.
 
     For a draw made of several transitions (``blocks_per_draw`` of the samplers): the
     gradient counts (``n_midpoints``, ``n_steps``) add up; ``diverging``, ``moved`` and
-    ``fallback`` hold if they held in either; ``stiffness`` is the larger. The per-move
+    ``fallback`` hold if they held in any; ``stiffness`` is the largest. The per-move
     quantities (``accept_prob``, ``energy_error``, ``midpoint_finite``,
     ``proposal_finite``) are those of the first diverging transition where a row
-    diverged (so a warning can say why), else those of ``later``.
+    diverged (so a warning can say why), else those of the last one.
 
     Parameters
     ----------
-    earlier, later : LangevinInfo
-        The infos of the transitions, in the order they ran (``earlier`` may itself be
-        combined).
+    infos : sequence of LangevinInfo
+        The infos of the transitions, in the order they ran (at least one).
 
     Returns
     -------
     LangevinInfo
     """
-    first = earlier.diverging
+    if len(infos) == 1:
+        return infos[0]
+    diverging = np.stack([info.diverging for info in infos])  # (n, B)
+    any_diverging = diverging.any(axis=0)
+    reported = np.where(any_diverging, np.argmax(diverging, axis=0), len(infos) - 1)
+    rows = np.arange(diverging.shape[1])
 
-    def pick(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.where(first, a, b)
+    def stacked(name: str) -> np.ndarray:
+        return np.stack([getattr(info, name) for info in infos])
+
+    def pick(name: str) -> np.ndarray:
+        return stacked(name)[reported, rows]
 
     return LangevinInfo(
-        accept_prob=pick(earlier.accept_prob, later.accept_prob),
-        energy_error=pick(earlier.energy_error, later.energy_error),
-        diverging=earlier.diverging | later.diverging,
-        moved=earlier.moved | later.moved,
-        midpoint_finite=pick(earlier.midpoint_finite, later.midpoint_finite),
-        proposal_finite=pick(earlier.proposal_finite, later.proposal_finite),
-        n_midpoints=earlier.n_midpoints + later.n_midpoints,
-        n_steps=earlier.n_steps + later.n_steps,
-        stiffness=np.maximum(earlier.stiffness, later.stiffness),
-        fallback=earlier.fallback | later.fallback,
+        accept_prob=pick("accept_prob"),
+        energy_error=pick("energy_error"),
+        diverging=any_diverging,
+        moved=stacked("moved").any(axis=0),
+        midpoint_finite=pick("midpoint_finite"),
+        proposal_finite=pick("proposal_finite"),
+        n_midpoints=stacked("n_midpoints").sum(axis=0),
+        n_steps=stacked("n_steps").sum(axis=0),
+        stiffness=stacked("stiffness").max(axis=0),
+        fallback=stacked("fallback").any(axis=0),
     )

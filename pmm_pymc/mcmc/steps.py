@@ -256,7 +256,7 @@ class _LangevinStep(GradientSharedStep):
         warmup = self.warmup
         if self.tune and not warmup.started:
             n_steps += warmup.start(state, self._logp_grad_rows)
-        info = None
+        blocks = []
         for _ in range(self.blocks_per_draw):
             params = LangevinParams(
                 warmup.step_size,
@@ -267,10 +267,11 @@ class _LangevinStep(GradientSharedStep):
             )
             draws = draw(self.rng, self._K, 1, self._n_dim, adjust=params.adjust, gap=False)
             state, block = transition(self._logp_grad_rows, draws, state, params)
-            info = block if info is None else combine_info(info, block)
+            blocks.append(block)
             if self.tune:
                 state, spent = warmup.update(state, block, self._logp_grad_rows)
                 n_steps += spent
+        info = combine_info(blocks)
         if info.moved[0]:
             self._x, self._logp, self._grad = state.x[0], float(state.logp[0]), state.grad[0]
         self.iter_count += 1
