@@ -116,6 +116,8 @@ def test_check_accuracy_is_exclusive_with_target_accept():
     assert check_accuracy(np.float32(0.02), None) == pytest.approx(0.02)
     with pytest.raises(ValueError, match="not both"):
         check_accuracy(0.05, 0.9)
+    with pytest.raises(ValueError, match="adapt_step_size=True"):
+        check_accuracy(0.05, None, False)
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +134,8 @@ def test_steps_refuse_accuracy_with_target_accept(step, small_model):
             step(accuracy=0.05, target_accept=0.9)
         with pytest.raises(ValueError, match="accuracy"):
             step(accuracy=2.0)
+        with pytest.raises(ValueError, match="adapt_step_size=True"):
+            step(accuracy=0.05, step_size=0.1, adapt_step_size=False)
         assert step(accuracy=0.05).warmup.accuracy == 0.05
 
 
@@ -140,6 +144,8 @@ def test_sample_chains_refuses_accuracy_with_target_accept(small_model):
         sample_chains(small_model, accuracy=0.05, target_accept=0.9)
     with pytest.raises(ValueError, match="accuracy"):
         sample_chains(small_model, accuracy=0)
+    with pytest.raises(ValueError, match="adapt_step_size=True"):
+        sample_chains(small_model, accuracy=0.05, step_size=0.1, adapt_step_size=False)
 
 
 def test_sample_chains_with_accuracy_gives_pmm_the_larger_step(small_model):

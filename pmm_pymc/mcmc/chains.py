@@ -599,7 +599,7 @@ def sample_chains(
     of all chains per iteration, so chains are independent, and the draws of
     chain ``m`` depend on ``C`` (unlike ``pm.sample``'s per-chain generators).
     """
-    accuracy = check_accuracy(accuracy, target_accept)
+    accuracy = check_accuracy(accuracy, target_accept, adapt_step_size)
     chains, draws, tune, K, step0, target = _check_options(
         chains,
         draws,

@@ -260,7 +260,7 @@ class LangevinInfo(NamedTuple):
         fine path taken by the trapezoid rule on the chord ``x -> x'`` (the gradient-norm
         terms telescope); on a Gaussian target the trapezoid rule is exact and it equals the
         fine chain's path energy error. Its mean square per dimension tracks the
-        discretisation bias of the fine chain (:func:`pmm_pymc.mcmc.warmup.bias_statistic`).
+        discretisation bias of the fine chain (:func:`pmm_pymc.mcmc.warmup.bias_terms`).
     midpoint_variance : numpy.ndarray, shape (B,)
         An unbiased estimate, from the fired midpoints (Bernoulli thinning), of the variance
         of PMM's midpoint correction given the frozen-drift path, in the norm of ``M``:

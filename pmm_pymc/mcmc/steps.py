@@ -120,7 +120,7 @@ class _LangevinStep(GradientSharedStep):
         compile_kwargs: dict | None = None,
         **pytensor_kwargs: Any,
     ) -> None:
-        self.accuracy = check_accuracy(accuracy, target_accept)
+        self.accuracy = check_accuracy(accuracy, target_accept, adapt_step_size)
         step_size, target_accept = check_step_options(
             step_size, adapt_step_size, target_accept, max_energy_error, self.name
         )

@@ -183,13 +183,16 @@ def check_kinetic_options(
     return friction, adapt, energy_var_target
 
 
-def check_accuracy(accuracy: object, target_accept: object) -> float | None:
+def check_accuracy(
+    accuracy: object, target_accept: object, adapt_step_size: object = True
+) -> float | None:
     """Validate ``accuracy`` (a tolerated bias in posterior sd), exclusive with ``target_accept``.
 
     Parameters
     ----------
-    accuracy, target_accept : object
-        The user's values.
+    accuracy, target_accept, adapt_step_size : object
+        The user's values (``accuracy`` needs ``adapt_step_size=True``: it sets the step
+        size through the adaptation).
 
     Returns
     -------
@@ -199,10 +202,16 @@ def check_accuracy(accuracy: object, target_accept: object) -> float | None:
     Raises
     ------
     ValueError
-        When both are given, or ``accuracy`` is not a number in (0, 1).
+        When both are given, ``accuracy`` is not a number in (0, 1), or the step size does
+        not adapt.
     """
     if accuracy is None:
         return None
+    if adapt_step_size is False:
+        raise ValueError(
+            f"accuracy={accuracy!r} sets the step size by adapting it and needs "
+            "adapt_step_size=True; got adapt_step_size=False"
+        )
     if target_accept is not None:
         raise ValueError(
             f"give accuracy or target_accept, not both (got accuracy={accuracy!r}, "
