@@ -170,6 +170,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--nuts-draws", type=int, default=1000, help="NUTS/nutpie tune and draws")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--precondition",
+        default="auto",
+        choices=("auto", "diag", "dense"),
+        help="sample_chains' preconditioner (a label suffix when not auto)",
+    )
     parser.add_argument("--no-nuts", action="store_true", help="skip pm.sample NUTS and nutpie")
     parser.add_argument("--methods", nargs="*", default=list(LANGEVIN), choices=LANGEVIN)
     parser.add_argument("--sweep", action="store_true", help="also the fixed-step sweep")
@@ -216,9 +222,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.grid:
             grid(name, model, reference, args, record)
             continue
+        options = {} if args.precondition == "auto" else {"precondition": args.precondition}
+        if options:
+            name = f"{name} ({args.precondition})"
         for method in args.methods:
             idata, seconds = run_langevin(
-                model, method, args.chains, args.tune, args.draws, args.seed
+                model, method, args.chains, args.tune, args.draws, args.seed, **options
             )
             result = {**score(idata, reference), "seconds": seconds}
             record(posterior=name, sampler=method, kind="default", **result)
@@ -235,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
                         args.seed,
                         step_size=step,
                         adapt_step_size=False,
+                        **options,
                     )
                     swept = {**score(idata, reference), "seconds": seconds}
                     record(posterior=name, sampler=method, kind="sweep", multiplier=mult, **swept)
