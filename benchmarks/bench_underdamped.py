@@ -89,6 +89,7 @@ def score(idata: Any, reference: Any) -> dict[str, float]:
         "sd_err": float(err["sd_err"].abs().max()),
         "ess_per_1k_grad": float(diag["ess_bulk_per_1k_grad"].min()),
         "grads": grads,
+        "draws": int(post.sizes["chain"] * post.sizes["draw"]),
         "divergent": int(stats["diverging"].values.sum()) if "diverging" in stats else 0,
     }
     if "step_size" in stats:
@@ -154,9 +155,14 @@ def fmt_row(name: str, sampler: str, result: dict[str, Any]) -> str:
     )
 
 
+def unstable(result: dict[str, Any]) -> bool:
+    """More than 1 % of the draws divergent: the step is past the stability limit."""
+    return result["divergent"] > 0.01 * result["draws"]
+
+
 def matched_bias(points: list[dict[str, Any]], bias: float) -> dict[str, Any] | None:
     """The sweep point of largest step whose worst error is at most ``bias``."""
-    ok = [p for p in points if max(p["mean_err"], p["sd_err"]) <= bias]
+    ok = [p for p in points if max(p["mean_err"], p["sd_err"]) <= bias and not unstable(p)]
     return max(ok, key=lambda p: p["step_size"]) if ok else None
 
 
@@ -323,7 +329,10 @@ def plot(records: list[dict[str, Any]], path: str, bias: float) -> None:
             points = [
                 r
                 for r in records
-                if r["posterior"] == name and r["sampler"] == sampler and r["kind"] != "grid"
+                if r["posterior"] == name
+                and r["sampler"] == sampler
+                and r["kind"] != "grid"
+                and not unstable(r)
             ]
             if not points:
                 continue
@@ -344,7 +353,10 @@ def plot(records: list[dict[str, Any]], path: str, bias: float) -> None:
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle("Fixed-step sweeps (lines) and defaults (stars); NUTS, nutpie: squares")
+    fig.suptitle(
+        "Fixed-step sweeps (lines) and defaults (stars); NUTS, nutpie: squares; "
+        "runs with over 1 % divergent draws left out"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"\nwrote {path}")
