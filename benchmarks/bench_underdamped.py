@@ -49,7 +49,7 @@ import pymc as pm
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import ensure_nutpie  # noqa: E402
+from bench_speed import ensure_nutpie, run_nutpie  # noqa: E402
 
 from pmm_pymc.compare.diagnostics import (  # noqa: E402
     ExactMoments,
@@ -132,15 +132,6 @@ def run_nuts(model: pm.Model, tune: int, draws: int, seed: int) -> tuple[Any, fl
             compute_convergence_checks=False,
             nuts_sampler="pymc",
         )
-    return idata, time.perf_counter() - t0
-
-
-def run_nutpie(nutpie: Any, model: pm.Model, tune: int, draws: int, seed: int) -> tuple[Any, float]:
-    compiled = nutpie.compile_pymc_model(model)
-    t0 = time.perf_counter()
-    idata = nutpie.sample(
-        compiled, chains=4, cores=2, tune=tune, draws=draws, seed=seed, progress_bar=False
-    )
     return idata, time.perf_counter() - t0
 
 
@@ -262,7 +253,10 @@ def main(argv: list[str] | None = None) -> None:
         record(posterior=name, sampler="nuts", kind="default", **result)
         print(fmt_row(name, "pm.sample NUTS", result), flush=True)
         if nutpie is not None:
-            idata, seconds = run_nutpie(nutpie, model, args.nuts_draws, args.nuts_draws, args.seed)
+            compiled = nutpie.compile_pymc_model(model)
+            idata, seconds = run_nutpie(
+                nutpie, compiled, args.nuts_draws, args.nuts_draws, args.seed, chains=4
+            )
             result = {**score(idata, reference), "seconds": seconds}
             record(posterior=name, sampler="nutpie", kind="default", **result)
             print(fmt_row(name, "nutpie", result), flush=True)
@@ -318,6 +312,7 @@ def plot(records: list[dict[str, Any]], path: str, bias: float) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     names = list(dict.fromkeys(r["posterior"] for r in records))
     cols = 4
@@ -342,11 +337,12 @@ def plot(records: list[dict[str, Any]], path: str, bias: float) -> None:
             style = "o-" if sampler in LANGEVIN else "s"
             ax.plot(err, ess, style, color=color, label=sampler, ms=4)
             for r, e, y in zip(points, err, ess):
-                if r["kind"] == "default":
+                if r["kind"] == "default" and sampler in LANGEVIN:
                     ax.plot(e, y, "*", color=color, ms=11)
         ax.axvline(bias, color="0.7", lw=0.8, ls="--")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("worst error (max of mean err, sd err)", fontsize=8)
         ax.set_ylabel("min ESS / 1000 gradients", fontsize=8)
