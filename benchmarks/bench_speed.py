@@ -136,12 +136,14 @@ def _dataset(posterior: np.ndarray) -> xr.Dataset:
     return xr.Dataset({"x": (("chain", "draw", "x_dim"), posterior)})
 
 
-def run_nutpie(nutpie: Any, compiled: Any, tune: int, draws: int, seed: int) -> tuple[Any, float]:
-    """nutpie with 2 chains on 2 cores, warm-up kept: its DataTree and wall seconds."""
+def run_nutpie(
+    nutpie: Any, compiled: Any, tune: int, draws: int, seed: int, chains: int = 2
+) -> tuple[Any, float]:
+    """nutpie with ``chains`` chains on 2 cores, warm-up kept: its DataTree and wall seconds."""
     t0 = time.perf_counter()
     idata = nutpie.sample(
         compiled,
-        chains=2,
+        chains=chains,
         cores=2,
         tune=tune,
         draws=draws,
