@@ -637,6 +637,32 @@ def test_ctrl_c_keeps_the_draws_made_so_far(tmp_path):
     assert "each of the 4 chains has" in done.stderr
 
 
+def test_interrupt_during_warmup_keeps_each_chains_point(monkeypatch, caplog):
+    """Ctrl-C before the first kept draw (warm-up draws discarded) returns each chain's current
+    point as one draw, with the warning saying so, instead of failing on an empty posterior."""
+    import pmm_pymc.mcmc.chains as chains_module
+
+    real_advance = chains_module.advance
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_advance(*args, **kwargs)
+
+    monkeypatch.setattr(chains_module, "advance", interrupting)
+    with pm.Model() as model:
+        pm.Normal("x", 0.0, 1.0, shape=2)
+    with caplog.at_level(logging.WARNING, logger="pymc"):
+        idata = sample_chains(model, chains=3, draws=10, tune=20, random_seed=0)
+    post = idata["posterior"]
+    assert post.sizes["draw"] == 1 and post.sizes["chain"] == 3
+    assert np.isfinite(post["x"].values).all()
+    assert idata["sample_stats"].attrs["interrupted"] == 1
+    assert "its current point in the unfinished warm-up" in caplog.text
+
+
 def test_convergence_checks_warn_as_pm_sample_does(caplog):
     """A start far out and a short warm-up: the chains have not met, and PyMC's own checks
     say so (R-hat) instead of returning a wrong posterior silently."""

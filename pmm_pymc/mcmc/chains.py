@@ -716,7 +716,15 @@ def sample_chains(
             f"sample_chains was interrupted after {run.n_iterations} of {tune + draws} "
             f"iterations ({min(run.n_iterations, tune)} of {tune} tuning); each of the "
             f"{chains} chains has {kept} kept draws"
-            + ("" if run.n_iterations > tune else ", all of them from warm-up")
+            + (
+                ""
+                if run.n_iterations > tune
+                else (
+                    ", all of them from warm-up"
+                    if not discard_tuned_samples
+                    else ": its current point in the unfinished warm-up"
+                )
+            )
             + "."
         )
     notes = []
@@ -798,6 +806,7 @@ def _run(
     problems: list[str] = []
     it = 0
     interrupted = False
+    last = None  # the latest (state, info, params), kept for an interrupt during warm-up
     try:
         start_evals = warmup.start(state, logp_grad) if tune else 0
         for it in range(tune + draws):
@@ -814,6 +823,7 @@ def _run(
                 draw_fn=draw_fn,
             )
             state, info, params = run.state, run.info, run.params
+            last = (state, info, params)
             spent = run.n_evals + (start_evals if it == 0 else 0)
             if tuning and it + 1 == tune:
                 problems = warmup.finish()
@@ -831,6 +841,11 @@ def _run(
         if bar is not None:
             bar.close()
     n_recorded = max(it - first_kept, 0)
+    if interrupted and n_recorded == 0 and last is not None:
+        # Interrupted during a warm-up whose draws are not kept: each chain's current point
+        # is returned as its one draw rather than nothing (the message says so).
+        _record(out_x, out, 0, *last)
+        n_recorded = 1
     return _Run(
         out_x[:n_recorded],
         {k: v[:n_recorded] for k, v in out.items()},
