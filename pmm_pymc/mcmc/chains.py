@@ -47,6 +47,7 @@ from pmm_pymc.mcmc.kernel import (
     LangevinParams,
     LangevinState,
     draw_randomized_midpoint,
+    finite_rows,
     pmm_stability_limit,
 )
 from pmm_pymc.mcmc.warmup import (
@@ -390,7 +391,7 @@ def _initial_points(
                 f"{logp_grad.n_dim}), got shape {x.shape}"
             )
         logp, grad = logp_grad(x)
-        bad = ~(np.isfinite(logp) & np.isfinite(grad).all(axis=1))
+        bad = ~finite_rows(logp, grad)
         if bad.any():
             raise SamplingError(
                 f"Non-finite log density or gradient at initial_points row {int(bad.argmax())}"
@@ -414,12 +415,12 @@ def _initial_points(
     x = np.stack([ravel(ipfn(int(s))) for s in seeds]).astype(logp_grad.dtype)
     logp, grad = logp_grad(x)
     for _ in range(_MAX_INIT_TRIES if jitter else 0):
-        bad = ~(np.isfinite(logp) & np.isfinite(grad).all(axis=1))
+        bad = ~finite_rows(logp, grad)
         if not bad.any():
             break
         x[bad] = np.stack([ravel(ipfn(int(s))) for s in rng.integers(2**30, size=bad.sum())])
         logp[bad], grad[bad] = logp_grad(x[bad])
-    bad = ~(np.isfinite(logp) & np.isfinite(grad).all(axis=1))
+    bad = ~finite_rows(logp, grad)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         point = DictToArrayBijection.rmap(template._replace(data=x[first]))

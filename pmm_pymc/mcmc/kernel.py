@@ -63,6 +63,7 @@ __all__ = [
     "combine_info",
     "draw",
     "draw_randomized_midpoint",
+    "finite_rows",
     "gap_noise",
     "kinetic_log_accept_ratio",
     "kinetic_stability_limit",
@@ -631,10 +632,19 @@ def secant_curvature(
     numpy.ndarray, shape (B,)
     """
     with np.errstate(all="ignore"):
-        num = metric.norm_sq(drift_change)
-        den = metric.norm_sq(move)
+        return _secant_from_norms(metric.norm_sq(drift_change), metric.norm_sq(move), finite)
+
+
+def _secant_from_norms(num: np.ndarray, den: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """:func:`secant_curvature` from the squared norms ``||db||_M^2`` and ``||dx||_M^2``."""
+    with np.errstate(all="ignore"):
         ratio = np.where(finite & (den > 0), np.sqrt(num / den), 0.0)
     return np.nan_to_num(ratio, nan=0.0, posinf=np.inf)
+
+
+def finite_rows(logp: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """Rows whose log density ``(n,)`` and gradient ``(n, d)`` are all finite, shape ``(n,)``."""
+    return np.isfinite(logp) & np.isfinite(grad).all(axis=1)
 
 
 def _rows(mask: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -737,12 +747,14 @@ def transition(
         positions = points[:, 0] if kinetic else points
         lp, g = logp_grad(positions)
         rows = groups[0][1] if len(groups) == 1 else np.concatenate([idx for _, idx in groups])
-        finite = np.isfinite(lp) & np.isfinite(g).all(axis=1)
+        finite = finite_rows(lp, g)
         midpoint_finite[rows[~finite]] = False
         b = metric.drift(g)
-        ratio = secant_curvature(metric, b - drift0[rows], positions - x[rows], finite)
+        with np.errstate(all="ignore"):
+            change = metric.norm_sq(b - drift0[rows])  # ||b_i - b_0||_M^2, for both below
+            ratio = _secant_from_norms(change, metric.norm_sq(positions - x[rows]), finite)
         np.maximum.at(stiffness, rows, ratio)
-        np.add.at(spread, rows, np.where(finite, metric.norm_sq(b - drift0[rows]), 0.0))
+        np.add.at(spread, rows, np.where(finite, change, 0.0))
         return b[:, None, :] if kinetic else b
 
     noise = metric.scale_noise(draws.noise)
@@ -777,7 +789,7 @@ def transition(
         end = np.where(_rows(fallback, end), endpoint, end)
     x_new = end[:, 0] if kinetic else end
     logp_new, grad_new = _evaluate(logp_grad, x_new, midpoint_finite, grad)
-    proposal_finite = midpoint_finite & np.isfinite(logp_new) & np.isfinite(grad_new).all(axis=1)
+    proposal_finite = midpoint_finite & finite_rows(logp_new, grad_new)
     if kinetic and K > 1:
         # A row where nothing fired has not seen the curvature yet; kinetic PMM's frozen-drift
         # block is unstable outside the region, so the secant to the proposal is checked too,
@@ -791,8 +803,7 @@ def transition(
             lp_late, g_late = _evaluate(logp_grad, x_new, late, grad)
             logp_new = np.where(late, lp_late, logp_new)
             grad_new = np.where(late[:, None], g_late, grad_new)
-            finite = np.isfinite(logp_new) & np.isfinite(grad_new).all(axis=1)
-            proposal_finite = np.where(late, finite, proposal_finite)
+            proposal_finite = np.where(late, finite_rows(logp_new, grad_new), proposal_finite)
             n_steps = n_steps + late
             fallback = fallback | late
     accept_ratio = kinetic_log_accept_ratio if kinetic else log_accept_ratio
