@@ -616,19 +616,8 @@ def sample_chains(
     check_precondition(precondition, 0)
     blocks_per_draw = check_int("blocks_per_draw", blocks_per_draw, 1)
     kinetic = method in ("upmm", "ulmc")
-    if kinetic and accuracy is not None:
-        raise ValueError(
-            f"accuracy={accuracy!r} is calibrated for overdamped Langevin ('pmm', 'lmc'); "
-            f"method={method!r} adapts its step to target_accept or to energy_var_target"
-        )
     if kinetic:
-        kinetic_options = dict(
-            zip(
-                ("friction", "adapt_friction", "energy_var_target"),
-                check_kinetic_options(friction, energy_var_target),
-                strict=True,
-            )
-        )
+        kinetic_options = check_kinetic_options(friction, energy_var_target, accuracy)
     elif friction is not None or energy_var_target is not None:
         raise ValueError(
             "friction and energy_var_target are options of the kinetic methods 'upmm' and "

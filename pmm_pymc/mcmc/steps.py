@@ -579,18 +579,9 @@ class UnderdampedLangevin(_LangevinStep):
         energy_var_target: float | None = None,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("accuracy") is not None:
-            raise ValueError(
-                f"accuracy={kwargs['accuracy']!r} is calibrated for overdamped Langevin "
-                "(PoissonMidpoint, LangevinMC); kinetic Langevin's step adapts to "
-                "target_accept or to energy_var_target"
-            )
-        first, adapt, target = check_kinetic_options(friction, energy_var_target)
-        self._kinetic_options = {
-            "friction": first,
-            "adapt_friction": adapt,
-            "energy_var_target": target,
-        }
+        self._kinetic_options = check_kinetic_options(
+            friction, energy_var_target, kwargs.get("accuracy")
+        )
         super().__init__(vars, **kwargs)
 
     @property

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 from pymc.step_methods.state import DataClassState, WithSamplingState, dataclass_state
@@ -174,8 +175,8 @@ def check_step_options(
 
 
 def check_kinetic_options(
-    friction: object, energy_var_target: object
-) -> tuple[float, bool, float | None]:
+    friction: object, energy_var_target: object, accuracy: object = None
+) -> dict[str, Any]:
     """Validate kinetic Langevin's options, shared by its step methods and ``sample_chains``.
 
     Parameters
@@ -185,19 +186,27 @@ def check_kinetic_options(
         :data:`FRICTION_FACTOR`.
     energy_var_target : float or None
         Energy-error variance per dimension to adapt the step to (> 0), or ``None``.
+    accuracy : object
+        The user's ``accuracy``: refused unless ``None`` (it is calibrated for overdamped
+        Langevin).
 
     Returns
     -------
-    friction : float
-        The first (or fixed) friction.
-    adapt_friction : bool
-    energy_var_target : float or None
+    dict
+        The :class:`Warmup` keyword arguments ``friction`` (the first or fixed one),
+        ``adapt_friction`` and ``energy_var_target``.
     """
+    if accuracy is not None:
+        raise ValueError(
+            f"accuracy={accuracy!r} is calibrated for overdamped Langevin (PoissonMidpoint, "
+            "LangevinMC; sample_chains' 'pmm' and 'lmc'); kinetic Langevin's step adapts to "
+            "target_accept or to energy_var_target"
+        )
     adapt = friction is None
     friction = FRICTION_FACTOR if adapt else check_real("friction", friction, gt=0)
     if energy_var_target is not None:
         energy_var_target = check_real("energy_var_target", energy_var_target, gt=0)
-    return friction, adapt, energy_var_target
+    return {"friction": friction, "adapt_friction": adapt, "energy_var_target": energy_var_target}
 
 
 def check_accuracy(
